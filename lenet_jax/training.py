@@ -1,0 +1,317 @@
+"""The book's training loop in optax: SGD on the mean cross-entropy of each batch.
+
+One epoch, as the book runs it:
+  1. shuffle the training examples (here from `seed` and the epoch number);
+  2. for each batch of `batch_size` (the last one smaller, trained on, not dropped):
+     loss, gradient, SGD update, and accumulate loss and accuracy;
+  3. evaluate accuracy on the test set.
+
+Every batch is padded to `batch_size` and carries a mask, so one compiled step serves
+the partial last batch too; padded rows weigh nothing in the loss, the gradient or
+the metrics. The data live on the device; each step gathers its batch there by index.
+
+With one device the step is compiled with `jax.jit`. With several, `jax.pmap` splits
+each batch across them: every device sums its examples' losses and divides by the
+whole batch's count, and the gradients are summed with `psum`, which is the
+single-device mean gradient up to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+AXIS = "devices"  # the pmap axis name used by the collectives
+EVAL_BATCH = 2_000
+PROGRESS_EVERY = 10  # steps between progress reports, each a host sync
+
+
+# --------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training examples in one epoch: the same for a seed."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_plan(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut an order of examples into batches: indices and mask, both (steps, B).
+
+    The last batch is padded with index 0 and mask 0 when it is short.
+    """
+    steps = -(-len(order) // batch_size)
+    indices = np.zeros(steps * batch_size, dtype=np.int32)
+    mask = np.zeros(steps * batch_size, dtype=np.float32)
+    indices[: len(order)] = order
+    mask[: len(order)] = 1.0
+    return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+# --------------------------------------------------------------------------------------
+# Loss, step and evaluation
+# --------------------------------------------------------------------------------------
+
+
+def batch_loss_sums(logits, labels, mask):
+    """Per-batch sums over real examples: (cross-entropy, correct, count)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
+
+
+# The on-device running totals of an epoch, a float32 vector with these entries:
+LOSS_SUM, CORRECT, COUNT, STEPS, FIRST_BAD_STEP = range(5)
+
+
+def new_totals() -> np.ndarray:
+    """Totals before the first step: nothing counted, no bad step (-1) seen."""
+    return np.array([0.0, 0.0, 0.0, 0.0, -1.0], np.float32)
+
+
+def accumulate(totals, sums):
+    """Add one step's (loss sum, correct, count); remember the first non-finite loss.
+
+    Steps are numbered from 1 within the epoch.
+    """
+    loss_sum, correct, count = sums
+    step = totals[STEPS] + 1
+    bad = ~jnp.isfinite(loss_sum)
+    first_bad = jnp.where(
+        (totals[FIRST_BAD_STEP] < 0) & bad, step, totals[FIRST_BAD_STEP]
+    )
+    return jnp.stack(
+        [
+            totals[LOSS_SUM] + loss_sum,
+            totals[CORRECT] + correct,
+            totals[COUNT] + count,
+            step,
+            first_bad,
+        ]
+    )
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, axis_name=None):
+    """The step: gather the batch, loss, gradient, update, accumulate metrics.
+
+    `totals` is the float32 vector of `new_totals` carried across steps on the
+    device, so the loop never waits for the host. With `axis_name`, the step
+    runs under pmap and combines devices with `psum`.
+    """
+
+    def step(params, opt_state, totals, images, labels, indices, mask):
+        x, y = images[indices], labels[indices]
+        count = jnp.sum(mask)
+        if axis_name is not None:
+            count = jax.lax.psum(count, axis_name)
+
+        def loss_fn(p):
+            logits = nnx.merge(graphdef, p)(x)
+            loss_sum, correct, n = batch_loss_sums(logits, y, mask)
+            return loss_sum / count, (loss_sum, correct, n)
+
+        grads, sums = jax.grad(loss_fn, has_aux=True)(params)
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
+            sums = jax.lax.psum(sums, axis_name)
+
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+
+        totals = accumulate(totals, sums)
+        return params, opt_state, totals
+
+    return step
+
+
+def make_eval_fn(graphdef) -> Callable:
+    """Jitted count of correct predictions in one evaluation batch."""
+
+    @jax.jit
+    def correct(params, x, y):
+        logits = nnx.merge(graphdef, params)(x)
+        return jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+    return correct
+
+
+def evaluate_accuracy(graphdef, params, images, labels, batch_size=EVAL_BATCH):
+    """Fraction of (images, labels) the model classifies right.
+
+    The counts are summed on the device; the host waits once, at the end.
+    """
+    correct_fn = make_eval_fn(graphdef)
+    total = jnp.zeros((), jnp.int32)
+    for start in range(0, len(images), batch_size):
+        stop = start + batch_size
+        total = total + correct_fn(params, images[start:stop], labels[start:stop])
+    return float(total) / len(images)
+
+
+# --------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains a model with SGD on data held on the devices.
+
+    Args:
+      model: an NNX module mapping images (N, 28, 28, 1) to logits (N, 10).
+      lr: the SGD learning rate.
+      devices: the devices to train on; more than one trains data parallel with
+        pmap, and the batch size must then be a multiple of their number.
+    """
+
+    def __init__(self, model: nnx.Module, lr: float, devices: list | None = None):
+        self.devices = list(devices or jax.local_devices()[:1])
+        self.graphdef, params = nnx.split(model)
+        self.tx = optax.sgd(lr)
+        step = make_train_step(self.graphdef, self.tx, self._axis)
+        if self.parallel:
+            self._step = jax.pmap(
+                step, axis_name=AXIS, devices=self.devices, donate_argnums=(0, 1, 2)
+            )
+            self.params = jax.device_put_replicated(params, self.devices)
+            self.opt_state = jax.device_put_replicated(
+                self.tx.init(params), self.devices
+            )
+        else:
+            self._step = jax.jit(step, donate_argnums=(0, 1, 2))
+            self.params = jax.device_put(params, self.devices[0])
+            self.opt_state = jax.device_put(self.tx.init(params), self.devices[0])
+        self._data = {}
+
+    @property
+    def parallel(self) -> bool:
+        return len(self.devices) > 1
+
+    @property
+    def _axis(self):
+        return AXIS if self.parallel else None
+
+    def host_params(self):
+        """The parameters as one copy (from device 0 under pmap)."""
+        if self.parallel:
+            return jax.tree.map(lambda a: a[0], self.params)
+        return self.params
+
+    def host_opt_state(self):
+        """The optimizer state as one copy (from device 0 under pmap)."""
+        if self.parallel:
+            return jax.tree.map(lambda a: a[0], self.opt_state)
+        return self.opt_state
+
+    def opt_state_template(self):
+        """A fresh optimizer state: the structure a saved one is restored into."""
+        return self.tx.init(self.host_params())
+
+    def set_opt_state(self, opt_state) -> None:
+        """Replace the optimizer state, e.g. with one restored from a checkpoint."""
+        if self.parallel:
+            self.opt_state = jax.device_put_replicated(opt_state, self.devices)
+        else:
+            self.opt_state = jax.device_put(opt_state, self.devices[0])
+
+    def model(self) -> nnx.Module:
+        """A module holding the current parameters."""
+        return nnx.merge(self.graphdef, self.host_params())
+
+    def _on_devices(self, name: str, images: np.ndarray, labels: np.ndarray):
+        """Put a dataset on the devices once (replicated under pmap)."""
+        key = (name, id(images), id(labels))
+        if key not in self._data:
+            images, labels = jnp.asarray(images), jnp.asarray(labels)
+            if self.parallel:
+                placed = jax.device_put_replicated((images, labels), self.devices)
+            else:
+                placed = jax.device_put((images, labels), self.devices[0])
+            self._data = {k: v for k, v in self._data.items() if k[0] != name}
+            self._data[key] = placed
+        return self._data[key]
+
+    def _shard(self, a: np.ndarray) -> np.ndarray:
+        """(steps, B) -> (steps, D, B/D) for pmap; unchanged for one device."""
+        if not self.parallel:
+            return a
+        d = len(self.devices)
+        if a.shape[1] % d:
+            raise ValueError(
+                f"batch_size {a.shape[1]} must be a multiple of the {d} devices"
+            )
+        return a.reshape(a.shape[0], d, a.shape[1] // d)
+
+    def _new_totals(self) -> np.ndarray:
+        totals = new_totals()
+        return np.tile(totals, (len(self.devices), 1)) if self.parallel else totals
+
+    def train_epoch(self, images, labels, order, batch_size, progress=None):
+        """One pass over `images[order]` in batches of `batch_size`.
+
+        Args:
+          images, labels: the training set, (N, 28, 28, 1) float32 and (N,) int32.
+          order: the order of the examples, e.g. `epoch_permutation(N, seed, epoch)`.
+          batch_size: examples per SGD step.
+          progress: optional `progress(step, steps, totals)`, called every few steps
+            with the running totals fetched from the device (a host sync, so only
+            pass it when someone watches).
+
+        Returns:
+          The epoch's totals as a host vector indexed by LOSS_SUM, CORRECT, COUNT,
+          STEPS, FIRST_BAD_STEP, and the seconds the steps took.
+        """
+        images_d, labels_d = self._on_devices("train", images, labels)
+        indices, mask = batch_plan(order, batch_size)
+        indices, mask = self._shard(indices), self._shard(mask)
+        totals = self._new_totals()
+        steps = len(indices)
+        start = time.perf_counter()
+        for k in range(steps):
+            self.params, self.opt_state, totals = self._step(
+                self.params,
+                self.opt_state,
+                totals,
+                images_d,
+                labels_d,
+                indices[k],
+                mask[k],
+            )
+            if progress is not None and (k % PROGRESS_EVERY == 0 or k == steps - 1):
+                progress(k + 1, steps, self._host_totals(totals))
+        totals = self._host_totals(jax.block_until_ready(totals))
+        return totals, time.perf_counter() - start
+
+    def _host_totals(self, totals) -> np.ndarray:
+        totals = np.asarray(totals)
+        return totals[0] if self.parallel else totals
+
+    def evaluate(self, images, labels) -> float:
+        """Accuracy on a dataset, e.g. the test set."""
+        return evaluate_accuracy(self.graphdef, self.host_params(), images, labels)
+
+    def warm_up(self, images, labels, batch_size) -> float:
+        """Compile the step on copies of the state, so epochs time training only.
+
+        Returns the seconds spent, compilation included; the copies' update is
+        thrown away.
+        """
+        images_d, labels_d = self._on_devices("train", images, labels)
+        indices, mask = batch_plan(np.arange(batch_size), batch_size)
+        indices, mask = self._shard(indices)[0], self._shard(mask)[0]
+        totals = self._new_totals()
+        params = jax.tree.map(jnp.copy, self.params)
+        opt_state = jax.tree.map(jnp.copy, self.opt_state)
+        start = time.perf_counter()
+        out = self._step(params, opt_state, totals, images_d, labels_d, indices, mask)
+        jax.block_until_ready(out)
+        return time.perf_counter() - start
