@@ -1,12 +1,12 @@
 """lenet_jax: the pooling and LeNet chapter of Dive into Deep Learning in JAX/Flax.
 
-    from flax import nnx
-    import lenet_jax
+from flax import nnx
+import lenet_jax
 
-    model = lenet_jax.LeNet(rngs=nnx.Rngs(0))
-    data = lenet_jax.load_fashion_mnist()
-    logits = model(data.test_images[:8])          # (8, 10)
-    lenet_jax.max_pool2d(x, 3, stride=2, padding=1)  # PyTorch's semantics, NHWC
+model = lenet_jax.LeNet(rngs=nnx.Rngs(0))
+data = lenet_jax.load_fashion_mnist()
+logits = model(data.test_images[:8])          # (8, 10)
+lenet_jax.max_pool2d(x, 3, stride=2, padding=1)  # PyTorch's semantics, NHWC
 """
 
 from lenet_jax.checkpoint import load_checkpoint, load_model, save_checkpoint

@@ -74,7 +74,7 @@ def save_checkpoint(
     are added to it so that `load_model` can rebuild the network.
     """
     path = Path(path)
-    arrays = _flatten(nnx.state(model, nnx.Param).to_pure_dict(), "params")
+    arrays = _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)), "params")
     for i, leaf in enumerate(jax.tree.leaves(opt_state)):
         arrays[f"opt/{i}"] = np.asarray(leaf)
     document = {
@@ -129,7 +129,7 @@ def load_model(path: str | Path) -> LeNet:
     params, _, meta = load_checkpoint(path)
     model = LeNet(**meta["model"], rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
-    expected = _flatten(state.to_pure_dict(), "params")
+    expected = _flatten(nnx.to_pure_dict(state), "params")
     got = _flatten(params, "params")
     for name, array in expected.items():
         if name not in got or got[name].shape != array.shape:

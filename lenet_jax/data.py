@@ -19,6 +19,7 @@ cached dataset (the builder config is named after a hash of the files' bytes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import logging
@@ -159,6 +160,7 @@ def fingerprint(directory: Path) -> str:
 # --------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _builder_class():
     """Define the TFDS builder on first use: importing TFDS costs about a second."""
     import tensorflow_datasets as tfds

@@ -163,6 +163,22 @@ def evaluate_accuracy(graphdef, params, images, labels, batch_size=EVAL_BATCH):
 # --------------------------------------------------------------------------------------
 
 
+def replicate(tree, devices):
+    """One copy of every leaf on each device, stacked on a new leading axis.
+
+    The layout pmap expects for its arguments, placed once so that no step
+    transfers them again.
+    """
+    mesh = jax.sharding.Mesh(np.array(devices), ("replica",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("replica"))
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.device_put(np.broadcast_to(x, (len(devices), *x.shape)), sharding)
+
+    return jax.tree.map(put, tree)
+
+
 class Trainer:
     """Trains a model with SGD on data held on the devices.
 
@@ -182,15 +198,21 @@ class Trainer:
             self._step = jax.pmap(
                 step, axis_name=AXIS, devices=self.devices, donate_argnums=(0, 1, 2)
             )
-            self.params = jax.device_put_replicated(params, self.devices)
-            self.opt_state = jax.device_put_replicated(
-                self.tx.init(params), self.devices
-            )
+            self.params = replicate(params, self.devices)
+            self.opt_state = replicate(self.tx.init(params), self.devices)
         else:
             self._step = jax.jit(step, donate_argnums=(0, 1, 2))
             self.params = jax.device_put(params, self.devices[0])
             self.opt_state = jax.device_put(self.tx.init(params), self.devices[0])
         self._data = {}
+
+    @property
+    def _sync_each_step(self) -> bool:
+        # Simulated CPU devices share one small thread pool. With many pmap steps
+        # queued, a device's all-reduce can wait for a partner whose thread is busy
+        # with a later step, and XLA aborts the process after 40 s. Waiting for each
+        # step before queueing the next avoids it; real accelerators don't need it.
+        return self.parallel and self.devices[0].platform == "cpu"
 
     @property
     def parallel(self) -> bool:
@@ -203,14 +225,20 @@ class Trainer:
     def host_params(self):
         """The parameters as one copy (from device 0 under pmap)."""
         if self.parallel:
-            return jax.tree.map(lambda a: a[0], self.params)
+            return self._first_replica(self.params)
         return self.params
 
     def host_opt_state(self):
         """The optimizer state as one copy (from device 0 under pmap)."""
         if self.parallel:
-            return jax.tree.map(lambda a: a[0], self.opt_state)
+            return self._first_replica(self.opt_state)
         return self.opt_state
+
+    def _first_replica(self, tree):
+        """Device 0's copy of a replicated tree, as a tree on device 0 alone."""
+        return jax.tree.map(
+            lambda a: jax.device_put(np.asarray(a[0]), self.devices[0]), tree
+        )
 
     def opt_state_template(self):
         """A fresh optimizer state: the structure a saved one is restored into."""
@@ -219,7 +247,7 @@ class Trainer:
     def set_opt_state(self, opt_state) -> None:
         """Replace the optimizer state, e.g. with one restored from a checkpoint."""
         if self.parallel:
-            self.opt_state = jax.device_put_replicated(opt_state, self.devices)
+            self.opt_state = replicate(opt_state, self.devices)
         else:
             self.opt_state = jax.device_put(opt_state, self.devices[0])
 
@@ -233,7 +261,7 @@ class Trainer:
         if key not in self._data:
             images, labels = jnp.asarray(images), jnp.asarray(labels)
             if self.parallel:
-                placed = jax.device_put_replicated((images, labels), self.devices)
+                placed = replicate((images, labels), self.devices)
             else:
                 placed = jax.device_put((images, labels), self.devices[0])
             self._data = {k: v for k, v in self._data.items() if k[0] != name}
@@ -286,6 +314,8 @@ class Trainer:
                 indices[k],
                 mask[k],
             )
+            if self._sync_each_step:
+                jax.block_until_ready(totals)
             if progress is not None and (k % PROGRESS_EVERY == 0 or k == steps - 1):
                 progress(k + 1, steps, self._host_totals(totals))
         totals = self._host_totals(jax.block_until_ready(totals))
