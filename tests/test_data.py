@@ -29,7 +29,9 @@ def test_tfds_dataset_holds_the_same_images_as_the_idx_files(fashion_mnist):
 
     def keys(imgs, lbls):
         flat = imgs.reshape(len(imgs), -1)
-        return sorted(row.tobytes() + bytes([lab]) for row, lab in zip(flat, lbls))
+        return sorted(
+            row.tobytes() + bytes([lab]) for row, lab in zip(flat, lbls, strict=True)
+        )
 
     ours = np.rint(fashion_mnist.test_images * 255).astype(np.uint8)
     assert keys(ours, fashion_mnist.test_labels) == keys(images, labels)

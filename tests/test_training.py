@@ -86,7 +86,6 @@ def test_trainer_epoch_counts_every_example_and_matches_manual_steps():
     assert seconds > 0
 
     graphdef, params = nnx.split(LeNet(rngs=nnx.Rngs(0)))
-    tx = optax.sgd(0.5)
 
     def mean_loss(p, x, y):
         logits = nnx.merge(graphdef, p)(x)
