@@ -21,6 +21,17 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
+# Every file a run writes; --overwrite removes them first so that nothing of the
+# earlier run (a checkpoint, say) can pass for the new run's.
+RUN_FILES = (
+    CHECKPOINT,
+    METRICS,
+    "config.json",
+    "curves.png",
+    "predictions.png",
+    "confusion.png",
+)
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 
 
 class UsageError(Exception):
@@ -66,6 +77,23 @@ def _positive(kind):
     return parse
 
 
+MAX_SEED = 2**32 - 1  # jax.random.key and numpy's generators both take this range
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer seed, got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and {MAX_SEED}, got {value}"
+        )
+    return value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but an error is one line (`train.py: error: ...`), exit code 2."""
 
@@ -81,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive(int), default=RunConfig.epochs)
     p.add_argument("--batch-size", type=_positive(int), default=RunConfig.batch_size)
     p.add_argument("--lr", type=_positive(float), default=RunConfig.lr)
-    p.add_argument("--seed", type=int, default=RunConfig.seed)
+    p.add_argument("--seed", type=_seed, default=RunConfig.seed)
     p.add_argument(
         "--devices",
         type=_positive(int),
@@ -211,6 +239,9 @@ def prepare_output_dir(args) -> Path:
             f"or --resume {out} to continue it"
         )
     out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     return out
 
 
@@ -301,10 +332,15 @@ def train(args, config: RunConfig, out: Path) -> int:
             data.train_images, data.train_labels, order, config.batch_size, bar
         )
         if totals[training.FIRST_BAD_STEP] >= 0:
+            kept = (
+                f"the checkpoint of epoch {len(history)} in {out} is kept"
+                if history
+                else "no epoch completed, so no checkpoint was written"
+            )
             raise Diverged(
-                f"training diverged: loss is {totals[training.LOSS_SUM]:.3g} at "
-                f"epoch {epoch}, step {int(totals[training.FIRST_BAD_STEP])} with "
-                f"lr {config.lr}; the last good checkpoint in {out} is kept"
+                f"training diverged: the loss became {totals[training.LOSS_SUM]:.3g}"
+                f" at epoch {epoch}, step {int(totals[training.FIRST_BAD_STEP])}, "
+                f"with lr {config.lr}; {kept}"
             )
         count = totals[training.COUNT]
         record = {
@@ -316,6 +352,14 @@ def train(args, config: RunConfig, out: Path) -> int:
             "examples": int(count),
         }
         history.append(record)
+        if record["train_loss"] > 10 * CHANCE_LOSS:
+            log.warning(
+                "warning: train loss %.1f is far above chance level (ln 10 = %.2f); "
+                "the learning rate %g may be too high",
+                record["train_loss"],
+                CHANCE_LOSS,
+                config.lr,
+            )
         log.info(
             "epoch %d/%d  train loss %.4f  train acc %.4f  test acc %.4f  %.0f ex/s",
             epoch,
