@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import logging
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -236,10 +237,16 @@ def prepare_local(directory: Path, tfds_dir: Path | None = None):
         data_dir=str(tfds_dir or default_tfds_dir()),
         file_format="array_record",
     )
-    # TFDS writes into an `incomplete.*` folder and renames it when done, so a run
-    # interrupted while preparing leaves nothing that a later run would read.
+    # TFDS writes into an `incomplete.*` folder and renames it when done, so an
+    # interrupted run normally leaves nothing a later run would read. A folder
+    # without its dataset_info.json (copied or deleted in part) is not prepared:
+    # remove it, or TFDS would read its splits as empty.
+    target = Path(builder.data_dir)
     if not builder.is_prepared():
-        log.info("preparing TFDS dataset from %s into %s", directory, builder.data_dir)
+        if target.exists():
+            log.warning("removing the half-prepared dataset in %s", target)
+            shutil.rmtree(target)
+        log.info("preparing TFDS dataset from %s into %s", directory, target)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(directory))
     )
@@ -252,6 +259,30 @@ def _split_arrays(source) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([r["image"] for r in records])
     labels = np.array([r["label"] for r in records], dtype=np.int32)
     return images.astype(np.float32) / 255.0, labels
+
+
+def read_splits(builder):
+    """(train, test) arrays from a prepared builder, checked against the sizes.
+
+    Raises DataError, naming the cache folder, when a split is missing, unreadable
+    or of the wrong size (a cache damaged after it was prepared).
+    """
+    arrays = []
+    for split, size in SPLIT_SIZES.items():
+        try:
+            images, labels = _split_arrays(builder.as_data_source()[split])
+        except Exception as e:  # array_record raises several kinds on bad files
+            raise DataError(
+                f"{builder.data_dir}: the prepared {split} split cannot be read "
+                f"({type(e).__name__}: {e})"
+            ) from e
+        if len(images) != size:
+            raise DataError(
+                f"{builder.data_dir}: the prepared {split} split holds "
+                f"{len(images)} examples, expected {size}"
+            )
+        arrays.append((images, labels))
+    return arrays
 
 
 def load_fashion_mnist(
@@ -278,9 +309,16 @@ def load_fashion_mnist(
     else:
         builder = _prepare_download(tfds_dir)
         source = f"TFDS download (cache {builder.data_dir})"
-    splits = builder.as_data_source()
-    train_images, train_labels = _split_arrays(splits["train"])
-    test_images, test_labels = _split_arrays(splits["test"])
+    try:
+        splits = read_splits(builder)
+    except DataError as e:
+        if data_dir is None and missing_files(DEBIAN_DIR):
+            raise  # a downloaded dataset: nothing local to rebuild it from
+        log.warning("%s; rebuilding it", e)
+        shutil.rmtree(builder.data_dir)
+        builder = prepare_local(Path(data_dir or DEBIAN_DIR), tfds_dir)
+        splits = read_splits(builder)
+    (train_images, train_labels), (test_images, test_labels) = splits
     return FashionMnist(
         train_images=train_images,
         train_labels=train_labels,

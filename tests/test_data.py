@@ -116,3 +116,47 @@ def test_wrong_example_count(data_copy):
         )
     with pytest.raises(fm.DataError, match="5000 examples.*has 10000"):
         fm.read_split(data_copy, "test")
+
+
+def _load_into(tfds_dir):
+    return fm.load_fashion_mnist(tfds_dir=tfds_dir)
+
+
+def test_an_interrupted_preparation_is_rebuilt(tmp_path, subprocess_env):
+    """kill -9 while TFDS writes the dataset; the next load prepares it afresh."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    code = "from lenet_jax.data import load_fashion_mnist; load_fashion_mnist()"
+    env = dict(subprocess_env, TFDS_DATA_DIR=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("fashion_mnist_local/*/incomplete.*/*train*")):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not list(tmp_path.glob("fashion_mnist_local/*/*/dataset_info.json"))
+    data = _load_into(tmp_path)
+    assert len(data.train_images) == 60_000 and len(data.test_images) == 10_000
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path):
+    _load_into(tmp_path)
+    (records,) = tmp_path.glob("fashion_mnist_local/*/1.0.0/*-train.array_record*")
+    with open(records, "r+b") as f:
+        f.truncate(records.stat().st_size // 3)
+    data = _load_into(tmp_path)
+    assert len(data.train_images) == 60_000
+    np.testing.assert_array_equal(np.bincount(data.train_labels), [6000] * 10)
+
+
+def test_a_cache_folder_without_its_info_is_rebuilt(tmp_path):
+    _load_into(tmp_path)
+    (info,) = tmp_path.glob("fashion_mnist_local/*/1.0.0/dataset_info.json")
+    info.unlink()
+    assert len(_load_into(tmp_path).test_images) == 10_000
