@@ -106,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train.py",
         description="Train the book's LeNet on Fashion-MNIST with JAX and Flax NNX.",
     )
-    p.add_argument("--epochs", type=_positive(int), default=RunConfig.epochs)
-    p.add_argument("--batch-size", type=_positive(int), default=RunConfig.batch_size)
-    p.add_argument("--lr", type=_positive(float), default=RunConfig.lr)
-    p.add_argument("--seed", type=_seed, default=RunConfig.seed)
+    # Run options default to None so that --resume can tell the ones given from
+    # the ones to take from the saved run; `run_config` fills in the rest.
+    d = RunConfig()
+    p.add_argument("--epochs", type=_positive(int), help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=_positive(int), help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=_positive(float), help=f"default {d.lr}")
+    p.add_argument("--seed", type=_seed, help=f"default {d.seed}")
     p.add_argument(
         "--devices",
         type=_positive(int),
@@ -130,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where metrics, curves and checkpoints go (default: runs/<timestamp>)",
     )
-    p.add_argument("--activation", choices=["sigmoid", "relu"], default="sigmoid")
-    p.add_argument("--pool", choices=["avg", "max"], default="avg")
+    p.add_argument(
+        "--activation", choices=["sigmoid", "relu"], help=f"default {d.activation}"
+    )
+    p.add_argument("--pool", choices=["avg", "max"], help=f"default {d.pool}")
     p.add_argument(
         "--show-shapes",
         action="store_true",
@@ -311,7 +316,7 @@ def train(args, config: RunConfig, out: Path) -> int:
     model = LeNet(activation=config.activation, pool=config.pool, rngs=rngs)
     history: list[dict] = []
     if args.resume is not None:
-        model, opt_leaves, history = resume_state(out, config)
+        model, opt_leaves, history = resume_state(out)
     trainer = training.Trainer(model, lr=config.lr, devices=devices)
     if args.resume is not None:
         trainer.set_opt_state(
@@ -417,19 +422,37 @@ def _title(config: RunConfig) -> str:
     )
 
 
-def resume_state(out: Path, config: RunConfig):
+def resume_state(out: Path):
     """The model, optimizer leaves and history saved in out's checkpoint."""
     from lenet_jax import checkpoint
 
     _, opt_leaves, meta = checkpoint.load_checkpoint(out / CHECKPOINT)
-    saved = RunConfig(**meta["config"])
-    for field in ("batch_size", "lr", "seed", "activation", "pool"):
-        if getattr(saved, field) != getattr(config, field):
-            raise UsageError(
-                f"--resume {out}: the run used {field}={getattr(saved, field)!r}, "
-                f"this command asks for {getattr(config, field)!r}"
-            )
     return checkpoint.load_model(out / CHECKPOINT), opt_leaves, meta["history"]
+
+
+def run_config(args) -> RunConfig:
+    """The options given on the command line over the defaults, or, with --resume,
+    over the saved run's; a resumed run may only change its number of epochs."""
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(RunConfig)
+        if getattr(args, field.name) is not None
+    }
+    if args.resume is None:
+        return RunConfig(**given)
+    from lenet_jax import checkpoint
+
+    if not (args.resume / CHECKPOINT).is_file():
+        raise UsageError(f"--resume {args.resume}: no {CHECKPOINT} in it")
+    _, _, meta = checkpoint.load_checkpoint(args.resume / CHECKPOINT)
+    saved = RunConfig(**meta["config"])
+    for name, value in given.items():
+        if name != "epochs" and value != getattr(saved, name):
+            raise UsageError(
+                f"--resume {args.resume}: the run used {name}="
+                f"{getattr(saved, name)!r}, this command asks for {value!r}"
+            )
+    return dataclasses.replace(saved, **given)
 
 
 def write_predictions(model, data, out: Path) -> float:
@@ -475,18 +498,11 @@ def predict(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
-    config = RunConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        activation=args.activation,
-        pool=args.pool,
-    )
     from lenet_jax.checkpoint import CheckpointError
     from lenet_jax.data import DataError
 
     try:
+        config = run_config(args)
         if args.show_shapes:
             show_shapes(config)
             return 0

@@ -62,7 +62,7 @@ def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     assert len((broken / cli.METRICS).read_text().splitlines()) == 1
 
     resumed = subprocess.run(
-        [sys.executable, "train.py", *ARGS, "--resume", str(broken)],
+        [sys.executable, "train.py", "--resume", str(broken)],  # options saved
         cwd=REPO,
         env=subprocess_env,
         capture_output=True,
