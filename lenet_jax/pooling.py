@@ -447,7 +447,7 @@ def _avg_pool(x: jax.Array, cfg: _Config, out_hw, divisor: np.ndarray) -> jax.Ar
         padded = _pad(acc, cfg, out_hw, 0)
         sums = lax.reduce_window(
             padded,
-            jnp.zeros((), acc_dtype),
+            np.zeros((), acc_dtype),  # concrete, so JAX sees a differentiable sum
             lax.add,
             (1, k_h, k_w, 1),
             (1, s_h, s_w, 1),
@@ -455,7 +455,10 @@ def _avg_pool(x: jax.Array, cfg: _Config, out_hw, divisor: np.ndarray) -> jax.Ar
         )
 
     if jnp.issubdtype(acc_dtype, jnp.integer):
-        return lax.div(sums, jnp.asarray(divisor, acc_dtype))
+        # lax.div rounds toward zero, like C++ integer division in PyTorch.
+        return lax.div(
+            sums, jnp.broadcast_to(jnp.asarray(divisor, acc_dtype), sums.shape)
+        )
     return (sums / jnp.asarray(divisor, acc_dtype)).astype(x.dtype)
 
 

@@ -4,7 +4,9 @@ For each `PoolCase`, PyTorch runs first and decides what must happen:
 
 * PyTorch accepts the case: our function's values must match to 1e-6, its
   gradients (`jax.vjp` against autograd, the same cotangent) to 1e-5, and our
-  module's values to 1e-6.
+  module's values to 1e-6. All three are computed inside one `jax.jit`, as a
+  training step would run them; if that fails, a row says so and they are
+  computed op by op instead, so the numbers are still compared.
 * PyTorch raises: our function and our module must both raise ValueError.
 
 Rows are named `<group>: <case label>`, the group saying which function and which

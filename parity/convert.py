@@ -105,7 +105,7 @@ def lenet_from_torch(torch_net: nn.Sequential) -> LeNet:
 def lenet_to_torch(model: LeNet) -> nn.Sequential:
     """The book's `nn.Sequential` LeNet holding the weights of our model."""
     net = book_lenet(model.activation, model.pool)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     net.load_state_dict(params_to_torch(params))
     return net
 

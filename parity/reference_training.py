@@ -122,7 +122,7 @@ def train_book(
     num_epochs: int = 10,
     lr: float = 0.9,
     batch_size: int = 256,
-    orders: Callable[[int], np.ndarray] | None = None,
+    batches: Callable[[int], Sequence[np.ndarray]] | None = None,
     seed: int = 0,
 ) -> list[EpochRecord]:
     """Train net in place as the book's `train_ch6` does, minus the initialisation.
@@ -131,23 +131,30 @@ def train_book(
       net: the network, already initialised.
       train, test: (images (N, 28, 28, 1) float32, labels (N,) int), channels-last.
       num_epochs, lr, batch_size: the book's 10, 0.9 and 256 by default.
-      orders: `orders(epoch)` gives that epoch's order of the training examples
-        (e.g. from `lenet_jax.training.epoch_permutation`); None shuffles with
-        `torch.randperm` seeded by `seed`.
+      batches: `batches(epoch)` gives that epoch's batches of example indices, in
+        order (e.g. cut from `lenet_jax.training.batch_plan`, to feed our trainer's
+        batches); None shuffles each epoch with `torch.randperm` seeded by `seed`
+        and cuts the order into batches of `batch_size`, the last one shorter.
 
     Returns:
       One EpochRecord per epoch.
     """
     x_train, y_train = to_torch(*train)
     x_test, y_test = to_torch(*test)
-    if orders is None:
+    if batches is None:
         orders = shuffled_orders(len(x_train), seed)
+
+        def batches(epoch: int) -> list[np.ndarray]:
+            return batches_of(orders(epoch), batch_size)
+
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     records = []
     for epoch in range(num_epochs):
         start = time.perf_counter()
-        batches = batches_of(orders(epoch), batch_size)
-        loss_sum, correct, count = sgd_epoch(net, optimizer, x_train, y_train, batches)
+        epoch_batches = batches(epoch)
+        loss_sum, correct, count = sgd_epoch(
+            net, optimizer, x_train, y_train, epoch_batches
+        )
         seconds = time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1,

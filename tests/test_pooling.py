@@ -461,6 +461,26 @@ def test_functions_work_under_jit():
         )
 
 
+@pytest.mark.parametrize(
+    "pool, kwargs",
+    [
+        (max_pool2d, dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2))),
+        (avg_pool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+        (avg_pool2d, dict(kernel_size=2)),
+    ],
+)
+def test_gradients_under_jit_match_eager(pool, kwargs):
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 7, 8, 3)), jnp.float32)
+    ct = jnp.asarray(np.random.default_rng(8).standard_normal(pool(x, **kwargs).shape))
+
+    def loss(x):
+        return (pool(x, **kwargs) * ct).sum()
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss))(x), jax.grad(loss)(x), rtol=1e-6, atol=1e-7
+    )
+
+
 def test_jit_still_raises_value_error():
     with pytest.raises(ValueError, match="output size is too small"):
         jax.jit(lambda x: max_pool2d(x, 5))(IMG)
