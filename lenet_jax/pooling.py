@@ -43,8 +43,11 @@ PyTorch's rules, which we follow
 * Max pooling pads with -inf, so padding is never the maximum. Its gradient goes
   to one element per window: the first maximal element in row-major window order,
   or, if the window holds a NaN, to its last NaN (the output is then NaN).
-  ``jax.lax.reduce_window`` differentiates differently for NaN, so we pick the
-  element ourselves with an argmax over the stacked window cells.
+  ``jax.lax.reduce_window`` routes NaN gradients differently, so we run PyTorch's
+  scan of the window ourselves: one ``jnp.where`` per window cell, each over all
+  windows at once. With dilation a window can miss the input altogether; it gives
+  -inf (the dtype's minimum for integers) and no gradient, where PyTorch writes its
+  gradient out of bounds.
 * Average pooling pads with zeros and divides the window sum by
   ``divisor_override`` if given; else, with ``count_include_pad``, by the window
   size clipped to the padded input (a ceil-mode window that runs past the right
@@ -57,6 +60,7 @@ PyTorch's rules, which we follow
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -240,7 +244,7 @@ def _check_input(fn: str, x: jax.Array, cfg: _Config, ceil_mode: bool):
 
 
 # ---------------------------------------------------------------------------
-# Shared machinery: pad, then gather the window cells
+# Shared machinery: pad, then slice out the window cells
 # ---------------------------------------------------------------------------
 
 
@@ -259,12 +263,12 @@ def _pad(x: jax.Array, cfg: _Config, out_hw, value) -> jax.Array:
     return lax.pad(x, jnp.asarray(value, x.dtype), config)
 
 
-def _window_cells(xp: jax.Array, cfg: _Config, out_hw) -> jax.Array:
-    """Stacks the window cells of a padded (N, Hp, Wp, C) array.
+def _window_cells(xp: jax.Array, cfg: _Config, out_hw) -> list[jax.Array]:
+    """The window cells of a padded (N, Hp, Wp, C) array, one array per offset.
 
-    Returns an array of shape (N, out_h, out_w, C, k_h * k_w) whose entry
-    [..., i * k_w + j] is the cell at offset (i, j) of each window: row-major, the
-    order in which PyTorch scans a window.
+    Returns k_h * k_w arrays of shape (N, out_h, out_w, C); entry i * k_w + j
+    holds the cell at offset (i, j) of every window (a strided, dilated slice).
+    Row-major, the order in which PyTorch scans a window.
     """
     (k_h, k_w), (s_h, s_w), _, (d_h, d_w) = cfg
     out_h, out_w = out_hw
@@ -280,7 +284,7 @@ def _window_cells(xp: jax.Array, cfg: _Config, out_hw) -> jax.Array:
                 C,
             )
             cells.append(lax.slice(xp, start, limit, (1, s_h, s_w, 1)))
-    return jnp.stack(cells, axis=-1)
+    return cells
 
 
 def _inside(length: int, k: int, s: int, p: int, d: int, out: int) -> np.ndarray:
@@ -337,35 +341,43 @@ def max_pool2d(
     return _batched(lambda x4: _max_pool(x4, cfg, out_hw), x)
 
 
+# Compiled as one program per configuration: called outside jit, a pooling runs
+# as a single XLA computation rather than one dispatch per operation.
+@functools.partial(jax.jit, static_argnames=("cfg", "out_hw"))
 def _max_pool(x: jax.Array, cfg: _Config, out_hw) -> jax.Array:
-    """Max pooling of a checked (N, H, W, C) array; see ``max_pool2d``."""
+    """Max pooling of a checked (N, H, W, C) array; see ``max_pool2d``.
+
+    Runs PyTorch's scan of a window, for all windows at once: visit the cells in
+    row-major order and keep a cell if it is the first real (non-padding) cell, is
+    larger than the best so far, or is NaN. The kept cell gives the value, and,
+    since each step is a ``jnp.where``, it alone receives the gradient.
+    """
     floating = jnp.issubdtype(x.dtype, jnp.floating)
     lowest = -jnp.inf if floating else jnp.iinfo(x.dtype).min
     cells = _window_cells(_pad(x, cfg, out_hw, lowest), cfg, out_hw)
-    n_cells = cells.shape[-1]
 
-    # Which cells are real input rather than padding: (out_h, out_w, 1, k_h * k_w).
+    # Static masks from the shapes: is cell (i, j) of a window real input, and is
+    # it the window's first real cell? in_h is (out_h, k_h), in_w is (out_w, k_w).
     in_h, in_w = (
         _inside(n, k, s, p, d, out)
         for n, k, s, p, d, out in zip(x.shape[1:3], *cfg, out_hw, strict=True)
     )
-    real = in_h[:, None, :, None] & in_w[None, :, None, :]
-    real = jnp.asarray(real.reshape(*out_hw, 1, n_cells))
+    first_h, first_w = in_h.argmax(axis=1), in_w.argmax(axis=1)
+    k_h, k_w = cfg.kernel
 
-    # The first maximal real cell; padding, equal to -inf, must not win a tie
-    # against a real -inf, which PyTorch's scan never leaves.
-    if floating:
-        is_nan = jnp.isnan(cells)
-        ranked = jnp.where(is_nan | ~real, -jnp.inf, cells)
-    else:
-        ranked = jnp.where(real, cells, lowest)
-    best = ranked.max(axis=-1, keepdims=True)
-    choice = jnp.argmax(real & (ranked == best), axis=-1)
-    if floating:
-        last_nan = n_cells - 1 - jnp.argmax(is_nan[..., ::-1], axis=-1)
-        choice = jnp.where(is_nan.any(axis=-1), last_nan, choice)
-
-    return jnp.take_along_axis(cells, choice[..., None], axis=-1)[..., 0]
+    # A window with no real cell (possible with dilation) keeps `lowest`, as in
+    # PyTorch, and passes no gradient.
+    best = jnp.full(cells[0].shape, lowest, x.dtype)
+    for i in range(k_h):
+        for j in range(k_w):
+            cell = cells[i * k_w + j]
+            real = in_h[:, None, i, None] & in_w[None, :, j, None]  # (out_h, out_w, 1)
+            first = real & (first_h == i)[:, None, None] & (first_w == j)[None, :, None]
+            wins = cell > best
+            if floating:
+                wins = wins | jnp.isnan(cell)
+            best = jnp.where(first | (real & wins), cell, best)
+    return best
 
 
 # ---------------------------------------------------------------------------
@@ -405,10 +417,12 @@ def avg_pool2d(
     x = jnp.asarray(x)
     _check_dtype(fn, x, integers=False)
     out_hw = _check_input(fn, x, cfg, ceil_mode)
-    divisor = _avg_divisor(
-        x.shape[-3:-1], cfg, out_hw, count_include_pad, divisor_override
+    return _batched(
+        lambda x4: _avg_pool(
+            x4, cfg, out_hw, bool(count_include_pad), divisor_override
+        ),
+        x,
     )
-    return _batched(lambda x4: _avg_pool(x4, cfg, out_hw, divisor), x)
 
 
 def _avg_divisor(
@@ -429,8 +443,16 @@ def _avg_divisor(
     return (count_h[:, None] * count_w[None, :])[..., None]
 
 
-def _avg_pool(x: jax.Array, cfg: _Config, out_hw, divisor: np.ndarray) -> jax.Array:
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "out_hw", "count_include_pad", "divisor_override")
+)
+def _avg_pool(
+    x: jax.Array, cfg: _Config, out_hw, count_include_pad: bool, divisor_override
+) -> jax.Array:
     """Average pooling of a checked (N, H, W, C) array; see ``avg_pool2d``."""
+    divisor = _avg_divisor(
+        x.shape[1:3], cfg, out_hw, count_include_pad, divisor_override
+    )
     # Half-precision sums accumulate in float32, as PyTorch's do.
     acc_dtype = (
         jnp.promote_types(x.dtype, jnp.float32) if x.dtype != jnp.int64 else x.dtype

@@ -89,14 +89,23 @@ def ours(x, ct, op, k, s=None, p=0, d=1, ceil_mode=False, cip=True, div=None):
     """Value and input gradient of our pooling of one (H, W) plane."""
     if op == "max":
         f = functools.partial(
-            max_pool2d, kernel_size=k, stride=s, padding=p, dilation=d,
+            max_pool2d,
+            kernel_size=k,
+            stride=s,
+            padding=p,
+            dilation=d,
             ceil_mode=ceil_mode,
-        )  # fmt: skip
+        )
     else:
         f = functools.partial(
-            avg_pool2d, kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
-            count_include_pad=cip, divisor_override=div,
-        )  # fmt: skip
+            avg_pool2d,
+            kernel_size=k,
+            stride=s,
+            padding=p,
+            ceil_mode=ceil_mode,
+            count_include_pad=cip,
+            divisor_override=div,
+        )
     y, vjp = jax.vjp(f, one_image(x))
     (g,) = vjp(one_image(ct))
     return plane(y), plane(g)
@@ -360,6 +369,19 @@ def test_max_pool_with_infinities_and_nan_matches_rules():
     np.testing.assert_allclose(got_g, want_g, rtol=1e-6)
 
 
+def test_max_pool_first_maximum_keeps_its_sign_of_zero():
+    """-0.0 comes first and 0.0 is not larger, so the output is -0.0."""
+    y = max_pool2d(one_image([[-0.0, 0.0], [0.0, 0.0]]), 2)
+    assert y.item() == 0 and np.signbit(y.item())
+
+
+def test_max_pool_window_missing_the_input_gives_minus_infinity():
+    """H=W=2, k=2, dilation 3, padding 1: the one window reads rows -1 and 2."""
+    y, g = ours(np.ones((2, 2), np.float32), np.ones((1, 1)), "max", 2, s=1, p=1, d=3)
+    np.testing.assert_array_equal(y, [[-np.inf]])
+    np.testing.assert_array_equal(g, np.zeros((2, 2)))
+
+
 # ---------------------------------------------------------------------------
 # Dtypes
 # ---------------------------------------------------------------------------
@@ -370,6 +392,15 @@ def test_max_pool_accepts_integers():
     y = max_pool2d(x, 3, stride=1, padding=1)
     assert y.dtype == jnp.int32
     np.testing.assert_array_equal(plane(y)[0], [0, 0, -1, -2])
+
+
+def test_avg_pool_of_int64_rounds_toward_zero():
+    """PyTorch averages int64 with C++ integer division: -10 / 4 -> -2."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.array([[-1, -2], [-3, -4]], np.int64))[None, :, :, None]
+        assert avg_pool2d(x, 2).dtype == jnp.int64
+        assert avg_pool2d(x, 2).item() == -2
+        assert avg_pool2d(x, 2, divisor_override=-3).item() == 3
 
 
 def test_avg_pool_keeps_half_precision_dtype():
