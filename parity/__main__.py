@@ -1,6 +1,6 @@
 """`python -m parity`: compare lenet-jax with the book's PyTorch LeNet, write a report.
 
-    python -m parity                       # everything, ~15 min on 2 CPU cores
+    python -m parity                       # everything: ~17 CPU-minutes, 2 cores
     python -m parity --quick               # the reduced set for CI, a few minutes
     python -m parity --output-dir runs/p   # report.md and curves.png go there
 
