@@ -50,7 +50,7 @@ def plot_predictions(
     """
     n = len(images)
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.8 * rows))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 2.2 * rows))
     for ax, image, true, pred in zip(
         np.ravel(axes), images, labels, predictions, strict=False
     ):

@@ -449,7 +449,11 @@ def _avg_divisor(
 def _avg_pool(
     x: jax.Array, cfg: _Config, out_hw, count_include_pad: bool, divisor_override
 ) -> jax.Array:
-    """Average pooling of a checked (N, H, W, C) array; see ``avg_pool2d``."""
+    """Average pooling of a checked (N, H, W, C) array; see ``avg_pool2d``.
+
+    Sums the window cells of the zero-padded input and divides by the divisor
+    that PyTorch's rules give each window.
+    """
     divisor = _avg_divisor(
         x.shape[1:3], cfg, out_hw, count_include_pad, divisor_override
     )
@@ -458,24 +462,18 @@ def _avg_pool(
         jnp.promote_types(x.dtype, jnp.float32) if x.dtype != jnp.int64 else x.dtype
     )
     acc = x.astype(acc_dtype)
-    N, H, W, C = x.shape
-    (k_h, k_w), (s_h, s_w), (p_h, p_w), _ = cfg
 
-    if (k_h, k_w) == (s_h, s_w) and p_h == p_w == 0 and H % k_h == W % k_w == 0:
-        # Fast path (LeNet's 2x2, stride 2): the windows tile x exactly.
-        tiles = acc.reshape(N, H // k_h, k_h, W // k_w, k_w, C)
-        sums = tiles.sum(axis=(2, 4))
-    else:
-        padded = _pad(acc, cfg, out_hw, 0)
-        sums = lax.reduce_window(
-            padded,
-            np.zeros((), acc_dtype),  # concrete, so JAX sees a differentiable sum
-            lax.add,
-            (1, k_h, k_w, 1),
-            (1, s_h, s_w, 1),
-            "VALID",
-        )
+    # Add the window cells one after another in row-major order, as PyTorch's
+    # loop does, so the sums agree bit for bit; padding cells add zero. XLA fuses
+    # the slices and adds into one pass, as fast as a reshape for LeNet's 2x2.
+    cells = _window_cells(_pad(acc, cfg, out_hw, 0), cfg, out_hw)
+    sums = cells[0]
+    for cell in cells[1:]:
+        sums = sums + cell
 
+    # XLA turns division by a constant into multiplication by its reciprocal, so a
+    # quotient may differ from PyTorch's by one unit in the last place (never for
+    # divisors that are powers of two, such as LeNet's 4).
     if jnp.issubdtype(acc_dtype, jnp.integer):
         # lax.div rounds toward zero, like C++ integer division in PyTorch.
         return lax.div(
