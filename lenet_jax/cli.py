@@ -238,6 +238,8 @@ def prepare_output_dir(args) -> Path:
             raise UsageError(f"--resume {args.resume}: no {CHECKPOINT} in it")
         return args.resume
     out = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UsageError(
             f"--output-dir {out} already holds a run; pass --overwrite to replace it "
@@ -511,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         check_options(args, config)
         return train(args, config, prepare_output_dir(args))
     except (UsageError, DataError, CheckpointError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # an output dir that can't be written, a full disk, ...
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Diverged as e:

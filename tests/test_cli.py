@@ -96,3 +96,14 @@ def test_one_epoch_on_the_real_data(subprocess_env, tmp_path, fashion_mnist):
     predictions = model(fashion_mnist.test_images[:2000]).argmax(-1)
     accuracy = float((predictions == fashion_mnist.test_labels[:2000]).mean())
     assert accuracy == pytest.approx(test_acc, abs=0.03)
+
+
+def test_output_dir_that_is_a_file(subprocess_env, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine\n")
+    done = run_train(["--output-dir", str(path)], subprocess_env)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"train.py: error: --output-dir {path}: exists and is not a directory"
+    )
+    assert path.read_text() == "mine\n"
