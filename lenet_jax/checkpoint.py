@@ -108,34 +108,50 @@ def load_checkpoint(path: str | Path) -> tuple[dict, list[np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as archive:
             flat = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
+        # numpy's own message for a non-archive talks of pickles; ours says what
+        # the file should have been.
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (a .npz archive was expected; "
+            f"{type(e).__name__})"
+        ) from e
     if "meta" not in flat:
         raise CheckpointError(f"{path}: no 'meta' record; not a lenet-jax checkpoint")
-    meta = json.load(io.BytesIO(flat.pop("meta").tobytes()))
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.load(io.BytesIO(flat.pop("meta").tobytes()))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: its 'meta' record is not JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(
-            f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}"
+            f"{path}: format {found!r}, expected {FORMAT!r}; not a lenet-jax checkpoint"
         )
-    opt_names = sorted((n for n in flat if n.startswith("opt/")), key=_leaf_number)
+    opt_names = [n for n in flat if n.startswith("opt/")]
+    if not all(n[4:].isdigit() for n in opt_names):
+        raise CheckpointError(f"{path}: optimizer records {opt_names} are not numbered")
+    opt_names.sort(key=lambda n: int(n[4:]))
     return _unflatten(flat, "params"), [flat[n] for n in opt_names], meta
-
-
-def _leaf_number(name: str) -> int:
-    return int(name.split("/")[1])
 
 
 def load_model(path: str | Path) -> LeNet:
     """A LeNet holding the parameters saved in the checkpoint at path."""
     params, _, meta = load_checkpoint(path)
-    model = LeNet(**meta["model"], rngs=nnx.Rngs(0))
+    try:
+        model = LeNet(**meta["model"], rngs=nnx.Rngs(0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: no usable model options ({e!r})") from e
     state = nnx.state(model, nnx.Param)
     expected = _flatten(nnx.to_pure_dict(state), "params")
     got = _flatten(params, "params")
+    if set(got) != set(expected):
+        raise CheckpointError(
+            f"{path}: parameters {sorted(set(got) ^ set(expected))} are missing or "
+            "extra; not a LeNet checkpoint"
+        )
     for name, array in expected.items():
-        if name not in got or got[name].shape != array.shape:
-            found = got[name].shape if name in got else "nothing"
+        if got[name].shape != array.shape or got[name].dtype != array.dtype:
             raise CheckpointError(
-                f"{path}: {name} should have shape {array.shape}, found {found}"
+                f"{path}: {name} should be {array.dtype} {array.shape}, found "
+                f"{got[name].dtype} {got[name].shape}"
             )
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)

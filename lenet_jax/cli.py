@@ -31,6 +31,7 @@ RUN_FILES = (
     "predictions.png",
     "confusion.png",
 )
+FLOAT32_MAX = 3.4028234663852886e38
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 
 
@@ -67,7 +68,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(
                 f"expected a positive {kind.__name__}, got {text!r}"
             ) from None
-        if not (value > 0 and math.isfinite(value)):
+        # float32 is what trains: 1e39 is finite here but infinite there.
+        if not (0 < value <= FLOAT32_MAX):
             raise argparse.ArgumentTypeError(
                 f"must be a positive {kind.__name__}, got {text}"
             )
@@ -246,9 +248,6 @@ def prepare_output_dir(args) -> Path:
             f"or --resume {out} to continue it"
         )
     out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
     return out
 
 
@@ -325,7 +324,6 @@ def train(args, config: RunConfig, out: Path) -> int:
             checkpoint.restore_opt_state(trainer.opt_state_template(), opt_leaves)
         )
         log.info("resuming after epoch %d", len(history))
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
     compile_seconds = trainer.warm_up(
         data.train_images, data.train_labels, config.batch_size
@@ -401,8 +399,17 @@ def _show_bar(args) -> bool:
 
 
 def save_epoch(out: Path, trainer, config: RunConfig, history: list[dict]) -> None:
-    """After an epoch: checkpoint, metrics file and curves, each written whole."""
+    """After an epoch: checkpoint, metrics file and curves, each written whole.
+
+    An earlier run's files in out (--overwrite) are removed only here, when the
+    new run has its first epoch to save, so a run that fails earlier loses nothing.
+    """
     from lenet_jax import checkpoint, plots
+
+    if len(history) == 1:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
     checkpoint.save_checkpoint(
         out / CHECKPOINT,
@@ -446,8 +453,24 @@ def run_config(args) -> RunConfig:
 
     if not (args.resume / CHECKPOINT).is_file():
         raise UsageError(f"--resume {args.resume}: no {CHECKPOINT} in it")
+    if args.output_dir is not None or args.overwrite:
+        raise UsageError(
+            "--resume continues a run in its own directory; it takes no "
+            "--output-dir or --overwrite"
+        )
     _, _, meta = checkpoint.load_checkpoint(args.resume / CHECKPOINT)
-    saved = RunConfig(**meta["config"])
+    try:
+        saved = RunConfig(**meta["config"])
+        done = len(meta["history"])
+    except (KeyError, TypeError) as e:
+        raise UsageError(
+            f"--resume {args.resume}: {CHECKPOINT} holds no run configuration ({e})"
+        ) from e
+    if given.get("epochs", saved.epochs) <= done:
+        raise UsageError(
+            f"--resume {args.resume}: the run has already completed {done} epochs; "
+            "ask for more with --epochs"
+        )
     for name, value in given.items():
         if name != "epochs" and value != getattr(saved, name):
             raise UsageError(
@@ -488,8 +511,22 @@ def predict(args) -> int:
     """--predict: the pictures and test accuracy of a saved model, no training."""
     from lenet_jax.checkpoint import load_model
 
+    fields = dataclasses.fields(RunConfig)
+    given = [f.name for f in fields if getattr(args, f.name) is not None]
+    if given or args.resume is not None:
+        names = ", ".join("--" + n.replace("_", "-") for n in given) or "--resume"
+        raise UsageError(f"--predict trains nothing; it takes no {names}")
     model = load_model(args.predict)
     out = args.output_dir or args.predict.parent
+    if args.output_dir is not None and out.resolve() != args.predict.parent.resolve():
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output-dir {out}: exists and is not a directory")
+        taken = [name for name in RUN_FILES if (out / name).exists()]
+        if taken and not args.overwrite:
+            raise UsageError(
+                f"--output-dir {out} holds another run's {', '.join(taken)}; pass "
+                "--overwrite to replace its pictures"
+            )
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args.data_dir)
     accuracy = write_predictions(model, data, out)

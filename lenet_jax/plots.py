@@ -20,9 +20,10 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
     """
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-    ax.plot(epochs, [h["train_loss"] for h in history], "-", label="train loss")
-    ax.plot(epochs, [h["train_acc"] for h in history], "m--", label="train acc")
-    ax.plot(epochs, [h["test_acc"] for h in history], "g-.", label="test acc")
+    # Markers, so that a run of one epoch still shows its three points.
+    ax.plot(epochs, [h["train_loss"] for h in history], ".-", label="train loss")
+    ax.plot(epochs, [h["train_acc"] for h in history], "m.--", label="train acc")
+    ax.plot(epochs, [h["test_acc"] for h in history], "g.-.", label="test acc")
     ax.set_xlabel("epoch")
     ax.set_xlim(1, max(epochs[-1], 2))
     ax.grid(True, alpha=0.3)

@@ -208,3 +208,130 @@ def test_fuzzed_options_parse_or_fail_with_a_usage_error(pairs):
         return
     assert config.epochs > 0 and config.batch_size > 0 and config.lr > 0
     assert np.isfinite(config.lr)
+
+
+# ----------------------------------------------------------------------------------
+# Findings of a new-user pass: runs, checkpoints and option combinations
+# ----------------------------------------------------------------------------------
+
+
+def _a_finished_run(path):
+    """A directory that looks like a complete earlier run (its files' bytes known)."""
+    from flax import nnx
+
+    from lenet_jax.model import LeNet
+
+    path.mkdir()
+    checkpoint.save_checkpoint(
+        path / cli.CHECKPOINT,
+        LeNet(rngs=nnx.Rngs(0)),
+        meta={"config": cli.RunConfig(epochs=1).__dict__, "history": [{}]},
+    )
+    for name in cli.RUN_FILES[1:]:
+        (path / name).write_text(f"earlier {name}\n")
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_early(
+    data_copy, subprocess_env, tmp_path
+):
+    out = tmp_path / "run"
+    before = _a_finished_run(out)
+    (data_copy / fm.FILES["train_images"]).write_bytes(b"garbage")
+    done = run_train(
+        ["--overwrite", "--output-dir", str(out), "--data-dir", str(data_copy)],
+        subprocess_env,
+    )
+    assert done.returncode == 2
+    assert "not a complete gzip file" in one_error_line(done)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--epochs", "3"], "--predict trains nothing; it takes no --epochs"),
+        (["--seed", "0"], "--predict trains nothing; it takes no --seed"),
+    ],
+)
+def test_predict_takes_no_training_options(extra, message, subprocess_env, tmp_path):
+    _a_finished_run(tmp_path / "run")
+    done = run_train(
+        ["--predict", str(tmp_path / "run" / cli.CHECKPOINT), *extra], subprocess_env
+    )
+    assert done.returncode == 2
+    assert message in one_error_line(done)
+
+
+def test_predict_does_not_overwrite_another_runs_pictures(subprocess_env, tmp_path):
+    _a_finished_run(tmp_path / "model")
+    before = _a_finished_run(tmp_path / "other")
+    done = run_train(
+        [
+            "--predict",
+            str(tmp_path / "model" / cli.CHECKPOINT),
+            "--output-dir",
+            str(tmp_path / "other"),
+        ],
+        subprocess_env,
+    )
+    assert done.returncode == 2
+    assert "holds another run's" in one_error_line(done)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--epochs", "1"], "the run has already completed 1 epochs"),
+        ([], "the run has already completed 1 epochs"),
+        (["--output-dir", "elsewhere"], "it takes no --output-dir or --overwrite"),
+        (["--overwrite"], "it takes no --output-dir or --overwrite"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_do(extra, message, subprocess_env, tmp_path):
+    before = _a_finished_run(tmp_path / "run")
+    done = run_train(["--resume", str(tmp_path / "run"), *extra], subprocess_env)
+    assert done.returncode == 2
+    assert message in one_error_line(done)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "meta,message",
+    [
+        (b"not json{", "its 'meta' record is not JSON"),
+        (b"[1, 2]", "format 'list'"),
+        (b'{"format": "lenet-jax-checkpoint/1"}', "no usable model options"),
+    ],
+)
+def test_corrupt_checkpoints_are_refused_in_one_line(
+    meta, message, subprocess_env, tmp_path
+):
+    path = tmp_path / cli.CHECKPOINT
+    np.savez(path, meta=np.frombuffer(meta, dtype=np.uint8))
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_model(path)
+    done = run_train(["--predict", str(path)], subprocess_env)
+    assert done.returncode == 2
+    assert message in one_error_line(done)
+
+
+def test_a_checkpoint_with_extra_parameters_is_refused(tmp_path):
+    from flax import nnx
+
+    from lenet_jax.model import LeNet
+
+    path = checkpoint.save_checkpoint(tmp_path / "c.npz", LeNet(rngs=nnx.Rngs(0)))
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["params/extra/kernel"] = np.zeros(3, np.float32)
+    np.savez(path, **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="missing or extra"):
+        checkpoint.load_model(path)
+
+
+def test_lr_beyond_float32_is_a_usage_error(subprocess_env):
+    done = run_train(["--lr", "1e39"], subprocess_env)
+    assert done.returncode == 2
+    assert "argument --lr: must be a positive float, got 1e39" in one_error_line(done)
