@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -552,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, CheckpointError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`train.py --show-shapes | head -3`): stop quietly,
+        # and keep Python from complaining when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # an output dir that can't be written, a full disk, ...
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE

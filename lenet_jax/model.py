@@ -165,6 +165,8 @@ def check_input(x: jax.Array) -> None:
         raise ValueError(
             f"LeNet expects images of shape (N, 28, 28, 1), got {shape}{hint}"
         )
+    if shape[0] == 0:
+        raise ValueError("LeNet needs at least one image, got a batch of 0")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(
             f"LeNet expects floating-point images in [0, 1], got dtype {x.dtype}"

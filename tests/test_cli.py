@@ -107,3 +107,17 @@ def test_output_dir_that_is_a_file(subprocess_env, tmp_path):
         f"train.py: error: --output-dir {path}: exists and is not a directory"
     )
     assert path.read_text() == "mine\n"
+
+
+def test_show_shapes_into_a_closed_pipe(subprocess_env):
+    done = subprocess.run(
+        f"{sys.executable} train.py --show-shapes | head -2",
+        shell=True,
+        cwd=REPO,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.stdout.count("\n") == 2
+    assert done.stderr == ""

@@ -96,6 +96,7 @@ def test_bad_options_are_refused():
         ((2, 32, 32, 1), jnp.float32, r"got \(2, 32, 32, 1\)"),
         ((28, 28, 1), jnp.float32, r"batch axis"),
         ((2, 28, 28, 1), jnp.int32, r"dtype int32"),
+        ((0, 28, 28, 1), jnp.float32, r"at least one image, got a batch of 0"),
     ],
 )
 def test_bad_input_names_expected_and_received(shape, dtype, message):
