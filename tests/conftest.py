@@ -1,6 +1,8 @@
 """Shared fixtures: the real Fashion-MNIST, loaded once per test session."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,15 @@ def subprocess_env(tmp_path):
     env = dict(os.environ)
     env.setdefault("TFDS_DATA_DIR", str(Path.home() / "tensorflow_datasets"))
     return env
+
+
+def run_train(args, env, timeout=900):
+    """Run `python train.py ARGS` in the repository and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

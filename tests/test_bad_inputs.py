@@ -4,8 +4,6 @@ import gzip
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,18 +14,11 @@ from hypothesis import strategies as st
 
 from lenet_jax import checkpoint, cli, training
 from lenet_jax import data as fm
-from tests.conftest import REPO
+from tests import conftest
 
 
 def run_train(args, env):
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return conftest.run_train(args, env, timeout=600)
 
 
 def one_error_line(done) -> str:

@@ -7,18 +7,7 @@ import sys
 import pytest
 
 from lenet_jax import checkpoint
-from tests.conftest import REPO
-
-
-def run_train(args, env, timeout=900):
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import REPO, run_train
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lenet_jax import checkpoint, cli
-from tests.conftest import REPO
+from tests.conftest import REPO, run_train
 
 ARGS = ["--epochs", "2", "--activation", "relu", "--lr", "0.1", "--seed", "5"]
 
@@ -43,14 +43,7 @@ def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     subprocess_env, tmp_path
 ):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    done = subprocess.run(
-        [sys.executable, "train.py", *ARGS, "--output-dir", str(whole)],
-        cwd=REPO,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_train([*ARGS, "--output-dir", str(whole)], subprocess_env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     process = start_train([*ARGS, "--output-dir", str(broken)], subprocess_env)
@@ -61,14 +54,9 @@ def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     assert process.returncode == -signal.SIGKILL
     assert len((broken / cli.METRICS).read_text().splitlines()) == 1
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(broken)],  # options saved
-        cwd=REPO,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = run_train(
+        ["--resume", str(broken)], subprocess_env, timeout=900
+    )  # options saved
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch 1" in resumed.stdout
 
@@ -95,27 +83,15 @@ def test_resume_refuses_a_different_config(subprocess_env, tmp_path):
         LeNet(rngs=nnx.Rngs(0)),
         meta={"config": config.__dict__, "history": []},
     )
-    done = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(tmp_path), "--lr", "0.9"],
-        cwd=REPO,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_train(
+        ["--resume", str(tmp_path), "--lr", "0.9"], subprocess_env, timeout=300
     )
     assert done.returncode == 2
     assert "the run used lr=0.5, this command asks for 0.9" in done.stderr
 
 
 def test_resume_without_a_checkpoint(subprocess_env, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(tmp_path)],
-        cwd=REPO,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_train(["--resume", str(tmp_path)], subprocess_env, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"train.py: error: --resume {tmp_path}: no checkpoint.npz in it"
