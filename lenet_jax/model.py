@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lenet_jax import native
 from lenet_jax.convolution import conv2d
 from lenet_jax.pooling import AvgPool2d, MaxPool2d
 
@@ -145,9 +146,27 @@ class LeNet(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Images (N, 28, 28, 1) float -> logits (N, 10)."""
         check_input(x)
-        for _, layer in self.layers():
-            x = layer(x)
+        layers = self.layers()
+        i = 0
+        while i < len(layers):
+            if i in (0, 3) and self._native_block(i // 3, x):
+                # Conv2d, activation and pool as one native call; see native.py.
+                conv = (self.conv1, self.conv2)[i // 3]
+                x = native.conv_block(
+                    x, conv.kernel[...], conv.bias[...], conv.padding, self.activation
+                )
+                i += 3
+            else:
+                x = layers[i][1](x)
+                i += 1
         return x
+
+    def _native_block(self, block: int, x: jax.Array) -> bool:
+        """Whether conv block 0 or 1 runs as one native kernel for input x."""
+        conv = (self.conv1, self.conv2)[block]
+        return native.block_available(
+            x.shape, conv.kernel.shape, conv.padding, self.activation, self.pool, x.dtype
+        )
 
 
 def check_input(x: jax.Array) -> None:
