@@ -3,6 +3,7 @@
     python -m lenet_jax.bench                       # batch 256, 1 device
     python -m lenet_jax.bench --batch-sizes 128 256 1024 4096 --json
     python -m lenet_jax.bench --devices 2           # pmap on 2 (simulated) devices
+    python -m lenet_jax.bench --conv-path xla-ops   # without the native kernels
 
 In one process and on the same Fashion-MNIST arrays, each round times, in turn
 (the order alternates between rounds):
@@ -38,6 +39,7 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 from lenet_jax import xla_flags
 
@@ -64,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="PyTorch's intra-op threads (default: its own choice, one per core)",
+    )
+    p.add_argument(
+        "--conv-path",
+        choices=["default", "xla-ops"],
+        default="default",
+        help="ours with its default conv blocks (native kernels on the CPU where "
+        "available) or with them as XLA operations (what lenet_jax ran before "
+        "the native kernels; what GPUs run)",
     )
     p.add_argument("--no-eval", action="store_true", help="skip the evaluations")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -249,6 +259,7 @@ def format_table(report: dict) -> str:
         f"load average {report['load_before'][0]:.1f} -> {report['load_after'][0]:.1f}",
         f"matmul peak (2048^3 f32, JAX): {report['matmul_gflops']:.0f} GFLOP/s; "
         f"a training example is {FLOPS_PER_EXAMPLE / 1e6:.2f} MFLOP",
+        f"our conv blocks: {report['conv_blocks']}",
         "",
         f"{'batch':>5} {'side':<8} {'train ex/s (median, range)':>30} "
         f"{'ratio':>6} {'% peak':>7} {'eval ex/s':>10} {'first step':>10} "
@@ -281,6 +292,7 @@ def run(args) -> dict:
     import jax
     import torch
 
+    from lenet_jax import native
     from lenet_jax.data import load_fashion_mnist
 
     if args.torch_threads:
@@ -302,8 +314,11 @@ def run(args) -> dict:
         "flops_per_example": FLOPS_PER_EXAMPLE,
         "batches": {},
     }
-    for batch_size in args.batch_sizes:
-        report["batches"][batch_size] = measure(data, batch_size, args)
+    switch = native.disabled() if args.conv_path == "xla-ops" else nullcontext()
+    with switch:
+        report["conv_blocks"] = native.describe()
+        for batch_size in args.batch_sizes:
+            report["batches"][batch_size] = measure(data, batch_size, args)
     report["load_after"] = os.getloadavg()
     return report
 

@@ -301,7 +301,7 @@ def train(args, config: RunConfig, out: Path) -> int:
     """The epoch loop: train, evaluate, log, checkpoint; the book's summary last."""
     from flax import nnx
 
-    from lenet_jax import checkpoint, training
+    from lenet_jax import checkpoint, native, training
     from lenet_jax.model import LeNet
 
     devices = choose_devices(args.devices)
@@ -313,6 +313,7 @@ def train(args, config: RunConfig, out: Path) -> int:
         ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()),
     )
     log.info("output: %s", out)
+    log.info("conv blocks: %s", native.describe(config.activation, config.pool))
 
     rngs = nnx.Rngs(config.seed)
     model = LeNet(activation=config.activation, pool=config.pool, rngs=rngs)

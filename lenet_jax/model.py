@@ -165,7 +165,12 @@ class LeNet(nnx.Module):
         """Whether conv block 0 or 1 runs as one native kernel for input x."""
         conv = (self.conv1, self.conv2)[block]
         return native.block_available(
-            x.shape, conv.kernel.shape, conv.padding, self.activation, self.pool, x.dtype
+            x.shape,
+            conv.kernel.shape,
+            conv.padding,
+            self.activation,
+            self.pool,
+            x.dtype,
         )
 
 

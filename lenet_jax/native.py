@@ -21,6 +21,7 @@ why). Other shapes, activations or poolings always go that way.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -40,7 +41,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "conv_blocks.cc"
 ACTIVATIONS = {"sigmoid": 0, "relu": 1}
-CXX_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17")
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17")
+# GCC keeps to 256-bit vectors on many AVX-512 CPUs unless told otherwise; the
+# kernels' vectors are 16 floats, one 512-bit register.
+X86_FLAGS = ("-mprefer-vector-width=512",)
 ENV_SWITCH = "LENET_JAX_NATIVE"  # "0" turns the native kernels off
 
 # (input shape without the batch, kernel shape, padding) -> (block number, output
@@ -66,6 +70,12 @@ class NativeBuildError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
+def compiler_flags() -> tuple[str, ...]:
+    """The C++ flags for this machine."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return CXX_FLAGS + (X86_FLAGS if x86 else ())
+
+
 def cache_dir() -> Path:
     """Where compiled kernels are kept: $LENET_JAX_CACHE or ~/.cache/lenet_jax."""
     root = os.environ.get("LENET_JAX_CACHE")
@@ -88,7 +98,7 @@ def library_path(cxx: str) -> Path:
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
-        " ".join(CXX_FLAGS).encode(),
+        " ".join(compiler_flags()).encode(),
         cxx.encode(),
         jax.__version__.encode(),
         platform.machine().encode(),
@@ -121,11 +131,14 @@ def build(cxx: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
-    cmd = [cxx, *CXX_FLAGS, "-shared", "-fPIC", "-w"]
+    cmd = [cxx, *compiler_flags(), "-shared", "-fPIC", "-w"]
     cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
     log.info("compiling the native LeNet kernels: %s", " ".join(cmd))
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise NativeBuildError(f"could not run {cxx}: {e}") from None
         if result.returncode != 0:
             raise NativeBuildError(
                 f"{cxx} failed to compile {SOURCE.name}:\n{result.stderr.strip()}"
@@ -139,12 +152,15 @@ def build(cxx: str | None = None) -> Path:
 
 @functools.cache
 def _load() -> str | None:
-    """Build, load and register the kernels once; None if they are usable, else why."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return f"{ENV_SWITCH}=0 is set"
+    """Build, load and register the kernels once; None if that worked, else why not."""
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
     except (NativeBuildError, OSError, subprocess.SubprocessError) as e:
+        log.warning(
+            "native LeNet kernels not used (%s); the convolution blocks run as XLA "
+            "operations instead: same results, slower on the CPU",
+            e,
+        )
         return str(e)
     for name, symbol in TARGETS.items():
         capsule = jax.ffi.pycapsule(getattr(library, symbol))
@@ -152,23 +168,33 @@ def _load() -> str | None:
     return None
 
 
+_switched_off = False  # set inside `disabled()`
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside this context, models traced run their blocks as XLA operations.
+
+    For comparing the two paths (tests, the parity suite). A function jitted before
+    keeps the path it was traced with.
+    """
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
+
+
 def unavailable_reason() -> str | None:
-    """Why the native kernels can't be used in this process, or None if they can."""
+    """Why the native kernels can't be used now, or None if they can."""
+    if _switched_off:
+        return "switched off by lenet_jax.native.disabled()"
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0 is set"
     if jax.default_backend() != "cpu":
         return f"the backend is {jax.default_backend()}, not the CPU"
-    reason = _load()
-    if reason is not None:
-        _warn_once(reason)
-    return reason
-
-
-@functools.cache
-def _warn_once(reason: str) -> None:
-    log.warning(
-        "native LeNet kernels not used (%s); the convolution blocks run as XLA "
-        "operations instead: same results, slower on the CPU",
-        reason,
-    )
+    return _load()
 
 
 def block_available(
@@ -183,6 +209,18 @@ def block_available(
         and jnp.dtype(dtype) == jnp.float32
         and unavailable_reason() is None
     )
+
+
+def describe(activation: str = "sigmoid", pool: str = "avg") -> str:
+    """How LeNet with these layers computes its conv blocks here, for logs."""
+    reason = unavailable_reason()
+    if reason is None and pool != "avg":
+        reason = f"no native kernel for {pool} pooling"
+    if reason is None and activation not in ACTIVATIONS:
+        reason = f"no native kernel for {activation}"
+    if reason is None:
+        return "native CPU kernels (conv + activation + pool per image)"
+    return f"XLA operations ({reason})"
 
 
 def _padding(padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -231,7 +269,9 @@ def _forward_call(number: int, activation: str, x, kernel, bias, save: bool):
     call = jax.ffi.ffi_call(
         f"lenet_block{number}_forward", shapes, vmap_method="sequential"
     )
-    return call(x, kernel, bias, activation=np.int32(ACTIVATIONS[activation]), save=save)
+    return call(
+        x, kernel, bias, activation=np.int32(ACTIVATIONS[activation]), save=save
+    )
 
 
 def _key_of(number: int):

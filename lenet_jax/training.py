@@ -34,6 +34,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from lenet_jax import native
+
 log = logging.getLogger(__name__)
 
 AXIS = "devices"  # the pmap axis name used by the collectives
@@ -155,11 +157,13 @@ def make_train_chunk(step: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_fn(graphdef) -> Callable:
+def make_eval_fn(graphdef, native_blocks: bool = True) -> Callable:
     """Jitted count of correct predictions over (batches, B) images with a mask.
 
     One call scans all the batches and sums on the device. Cached per graphdef, so
-    evaluating after every epoch compiles once.
+    evaluating after every epoch compiles once. `native_blocks` (whether
+    `lenet_jax.native` serves the model now) is part of the cache key only: a
+    function traced for one convolution path is not reused for the other.
     """
 
     @jax.jit
@@ -202,7 +206,8 @@ def evaluate_accuracy(graphdef, params, images, labels, batch_size=EVAL_BATCH):
     """
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     batches = evaluation_batches(images, labels, batch_size)
-    total = make_eval_fn(graphdef)(params, *batches)
+    native_blocks = native.unavailable_reason() is None
+    total = make_eval_fn(graphdef, native_blocks)(params, *batches)
     return float(total) / len(images)
 
 

@@ -21,6 +21,7 @@ from parity.convert import (
     params_from_torch,
 )
 from parity.dataset import fashion_mnist
+from parity.paths import conv_path, current_path
 from parity.reference import book_lenet, seeded_book_lenet
 from parity.rows import Row, compare, exact
 
@@ -133,13 +134,22 @@ def compare_forward_backward(
     seed: int = 0,
     num_images: int = 1000,
     batch_size: int = 256,
+    path: str | None = None,
 ) -> list[Row]:
     """Same weights: logits on real test images, loss and every gradient.
+
+    With `path` ("native" or "xla-ops", see parity.paths), our model computes its
+    convolution blocks that way, and the cases are labelled with it.
 
     The logits are taken on the first `num_images` test images; the loss and its
     gradients on the first `batch_size` training images and labels.
     """
-    variant = variant_name(activation, pool)
+    if path is not None:
+        with conv_path(path):
+            return compare_forward_backward(
+                activation, pool, seed, num_images, batch_size
+            )
+    variant = f"{variant_name(activation, pool)} [{current_path(activation, pool)}]"
     data = fashion_mnist()
     net = seeded_book_lenet(seed, activation, pool)
     model = lenet_from_torch(net)

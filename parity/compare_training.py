@@ -23,6 +23,7 @@ from lenet_jax.model import LeNet
 from lenet_jax.training import Trainer, batch_plan, epoch_permutation
 from parity.convert import lenet_from_torch, params_from_torch
 from parity.dataset import fashion_mnist
+from parity.paths import conv_path, current_path
 from parity.reference import seeded_book_lenet
 from parity.reference_training import EpochRecord, sgd_epoch, to_torch, train_book
 from parity.rows import Row, compare, within
@@ -71,7 +72,10 @@ def _params(model: nnx.Module) -> dict:
 
 
 def compare_sgd_steps(
-    steps: int, seed: int = 0, num_examples: int | None = None
+    steps: int,
+    seed: int = 0,
+    num_examples: int | None = None,
+    path: str | None = None,
 ) -> list[Row]:
     """`steps` SGD steps of both on the same batches; every parameter after them.
 
@@ -80,7 +84,12 @@ def compare_sgd_steps(
       seed: picks the initial weights (PyTorch's book init) and the order.
       num_examples: train on this many examples instead of steps * 256: a short
         last batch, padded and masked on our side.
+      path: how our model computes its convolution blocks ("native", "xla-ops";
+        see parity.paths); None for the default.
     """
+    if path is not None:
+        with conv_path(path):
+            return compare_sgd_steps(steps, seed, num_examples)
     data = fashion_mnist()
     n = num_examples if num_examples is not None else steps * BATCH_SIZE
     order = epoch_permutation(len(data.train_images), seed, 0)[:n]
@@ -99,7 +108,7 @@ def compare_sgd_steps(
     loss, _ = epoch_loss_and_acc(result)
     ours = _params(trainer.model())
 
-    label = f"after {steps} step{'s' if steps > 1 else ''}"
+    label = f"[{current_path()}] after {steps} step{'s' if steps > 1 else ''}"
     if num_examples is not None:
         label += f" ({n} examples, last batch {n % BATCH_SIZE or BATCH_SIZE})"
     rows = [compare(f"{label}: mean training loss", loss, loss_sum / count, LOSS_TOL)]

@@ -73,7 +73,7 @@ inline float activate(float z) {
   if constexpr (kAct == kSigmoid) {
     return 1.0f / (1.0f + exp_f32(-z));
   } else {
-    return z > 0.0f ? z : 0.0f;
+    return z < 0.0f ? 0.0f : z;  // NaN stays NaN, as in PyTorch
   }
 }
 
