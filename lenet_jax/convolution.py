@@ -24,6 +24,11 @@ backend (`jax.default_backend()` when the function is traced):
 
 Both are the same sums as the convolution (in another order, so equal to float
 rounding); the band matrices only add products with exact zeros.
+
+On the CPU, LeNet itself mostly bypasses this module: where `lenet_jax.native`
+serves a block (convolution, activation and average pooling as one native kernel,
+about 3x faster again), the model calls that. These forms remain the path for
+max pooling, for machines without a C++ compiler, and for `native.disabled()`.
 """
 
 from __future__ import annotations

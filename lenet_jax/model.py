@@ -16,6 +16,11 @@ Initialisation follows the book's training function: every weight Xavier-uniform
 every bias uniform in +-1/sqrt(fan_in) as PyTorch draws it by default. PyTorch
 flattens (C, H, W) where we flatten (H, W, C): weights converted between the two must
 permute the rows of the first Linear layer (see `parity.convert`).
+
+How the layers are computed depends on the backend, never what they compute: on
+the CPU, each Conv2d + activation + AvgPool2d triple runs as one native kernel
+(`lenet_jax.native`) where one serves it, else layer by layer, the convolutions in
+the exact form `lenet_jax.convolution` picks; `layers()` always lists the 12 layers.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from lenet_jax.pooling import AvgPool2d, MaxPool2d
 ACTIVATIONS = {"sigmoid": ("Sigmoid", jax.nn.sigmoid), "relu": ("ReLU", jax.nn.relu)}
 POOLS = {"avg": ("AvgPool2d", AvgPool2d), "max": ("MaxPool2d", MaxPool2d)}
 INPUT_SHAPE = (28, 28, 1)
+BLOCK_STARTS = {0: "conv1", 3: "conv2"}  # where each conv block starts in layers()
 
 # Full float32 precision: on GPUs the default lets XLA use TF32 for convolutions and
 # matmuls, which would break agreement with PyTorch to 1e-5. The CPU ignores it.
@@ -149,29 +155,23 @@ class LeNet(nnx.Module):
         layers = self.layers()
         i = 0
         while i < len(layers):
-            if i in (0, 3) and self._native_block(i // 3, x):
+            conv = getattr(self, BLOCK_STARTS[i]) if i in BLOCK_STARTS else None
+            if conv is not None and native.block_available(
+                x.shape,
+                conv.kernel.shape,
+                conv.padding,
+                self.activation,
+                self.pool,
+                x.dtype,
+            ):
                 # Conv2d, activation and pool as one native call; see native.py.
-                conv = (self.conv1, self.conv2)[i // 3]
-                x = native.conv_block(
-                    x, conv.kernel[...], conv.bias[...], conv.padding, self.activation
-                )
+                kernel, bias = conv.kernel[...], conv.bias[...]
+                x = native.conv_block(x, kernel, bias, conv.padding, self.activation)
                 i += 3
             else:
                 x = layers[i][1](x)
                 i += 1
         return x
-
-    def _native_block(self, block: int, x: jax.Array) -> bool:
-        """Whether conv block 0 or 1 runs as one native kernel for input x."""
-        conv = (self.conv1, self.conv2)[block]
-        return native.block_available(
-            x.shape,
-            conv.kernel.shape,
-            conv.padding,
-            self.activation,
-            self.pool,
-            x.dtype,
-        )
 
 
 def check_input(x: jax.Array) -> None:

@@ -127,11 +127,16 @@ def compare_sgd_steps(
 
 @dataclasses.dataclass
 class Run:
-    """One training run: which framework, its seed, one record per epoch."""
+    """One training run: which framework, its seed, one record per epoch.
+
+    `conv_path` is how our model computed its conv blocks (see parity.paths); empty
+    for PyTorch.
+    """
 
     framework: str
     seed: int
     records: list[EpochRecord]
+    conv_path: str = ""
 
     @property
     def final_test_acc(self) -> float:
@@ -185,7 +190,8 @@ def compare_same_weights(torch_run: Run, our_run: Run) -> list[Row]:
     diff = our_run.final_test_acc - torch_run.final_test_acc
     return [
         within(
-            f"same weights and batches: test accuracy after {epochs} epochs "
+            f"[{our_run.conv_path}] same weights and batches: test accuracy after "
+            f"{epochs} epochs "
             f"(ours {our_run.final_test_acc:.4f}, PyTorch "
             f"{torch_run.final_test_acc:.4f})",
             diff,
@@ -240,7 +246,8 @@ def execute(task: RunTask) -> Run:
             model = lenet_from_torch(seeded_book_lenet(task.seed))
         else:
             model = LeNet(rngs=nnx.Rngs(task.seed))
-        return Run("jax", task.seed, train_ours(model, task.epochs, task.seed))
+        records = train_ours(model, task.epochs, task.seed)
+        return Run("jax", task.seed, records, current_path())
 
     n = len(data.train_images)
     batches = None
@@ -310,9 +317,11 @@ def seed_statistics(runs: list[Run], framework: str) -> dict[str, float]:
 def compare_seed_runs(runs: list[Run]) -> list[Row]:
     """Mean final test accuracy over independent seeds within 0.03."""
     ours, theirs = seed_statistics(runs, "jax"), seed_statistics(runs, "pytorch")
+    paths = "/".join(sorted({r.conv_path for r in runs if r.framework == "jax"}))
     return [
         within(
-            f"independent seeds ({ours['runs']} each): mean final test accuracy "
+            f"[{paths}] independent seeds ({ours['runs']} each): mean final test "
+            "accuracy "
             f"(ours {ours['mean']:.4f}, PyTorch {theirs['mean']:.4f})",
             ours["mean"] - theirs["mean"],
             SEED_MEAN_ACC_TOL,
