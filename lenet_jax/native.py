@@ -154,7 +154,7 @@ def build(cxx: str | None = None) -> Path:
 def _load() -> str | None:
     """Build, load and register the kernels once; None if that worked, else why not."""
     try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
+        library = _load_library()
     except (NativeBuildError, OSError, subprocess.SubprocessError) as e:
         log.warning(
             "native LeNet kernels not used (%s); the convolution blocks run as XLA "
@@ -166,6 +166,20 @@ def _load() -> str | None:
         capsule = jax.ffi.pycapsule(getattr(library, symbol))
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")
     return None
+
+
+def _load_library() -> ctypes.CDLL:
+    """The compiled library, built if needed.
+
+    A cached copy that won't load (a damaged file) is removed and built again once.
+    """
+    path = build()
+    try:
+        return ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        log.warning("rebuilding %s, which could not be loaded (%s)", path, e)
+        path.unlink(missing_ok=True)
+        return ctypes.cdll.LoadLibrary(str(build()))
 
 
 _switched_off = False  # set inside `disabled()`

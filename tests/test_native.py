@@ -220,6 +220,30 @@ def test_without_a_compiler_training_falls_back_and_says_so(tmp_path):
     assert "native LeNet kernels not used" in result.stderr
 
 
+def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+    env = dict(os.environ, LENET_JAX_CACHE=str(tmp_path))
+    code = "from lenet_jax import native; print(native.build())"
+    path = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    ).stdout.strip()
+    with open(path, "wb") as f:
+        f.write(b"not a shared library")
+    code = (
+        "import logging, jax.numpy as jnp\n"
+        "from flax import nnx\n"
+        "from lenet_jax import LeNet, native\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "print(native.unavailable_reason())\n"
+        "print(LeNet(rngs=nnx.Rngs(0))(jnp.ones((3, 28, 28, 1))).shape)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "(3,", "10)"]
+    assert "rebuilding" in result.stderr
+
+
 def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("LENET_JAX_CACHE", str(tmp_path))
     with caplog.at_level(logging.INFO, logger="lenet_jax.native"):
