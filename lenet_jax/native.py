@@ -267,6 +267,13 @@ def conv_block(x, kernel, bias, padding, activation: str = "sigmoid") -> jax.Arr
         )
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
+    dtypes = [jnp.dtype(a.dtype) for a in (x, kernel, bias)]
+    if any(d != jnp.float32 for d in dtypes):
+        raise ValueError(
+            "conv_block computes in float32 only, got x {}, kernel {}, bias {}".format(
+                *dtypes
+            )
+        )
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"native kernels unavailable: {reason}")

@@ -76,6 +76,7 @@ def test_one_epoch_on_the_real_data(subprocess_env, tmp_path, fashion_mnist):
     test_acc = float(loss_line.rsplit(" ", 1)[1])
     assert test_acc > 0.6
     assert "examples/sec on cpu" in speed_line
+    assert "conv blocks: native CPU kernels" in done.stdout + done.stderr
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["examples"] == 60_000
     assert record["test_acc"] == pytest.approx(test_acc, abs=5e-4)

@@ -186,6 +186,8 @@ def test_wrong_shapes_and_options_are_refused():
         native.conv_block(x, kernel, bias, ((1, 1), (1, 1)))
     with pytest.raises(ValueError, match="activation"):
         native.conv_block(x, kernel, bias, padding, "tanh")
+    with pytest.raises(ValueError, match="float32 only, got x float16"):
+        native.conv_block(x.astype(jnp.float16), kernel, bias, padding)
     assert not native.block_available(x.shape, kernel.shape, padding, "sigmoid", "max")
     assert not native.block_available(
         x.shape, kernel.shape, padding, "sigmoid", "avg", jnp.float16
