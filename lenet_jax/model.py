@@ -162,7 +162,7 @@ class LeNet(nnx.Module):
                 conv.padding,
                 self.activation,
                 self.pool,
-                x.dtype,
+                (x.dtype, conv.kernel.dtype, conv.bias.dtype),
             ):
                 # Conv2d, activation and pool as one native call; see native.py.
                 kernel, bias = conv.kernel[...], conv.bias[...]

@@ -16,7 +16,10 @@ they are needed, into a cache directory ($LENET_JAX_CACHE, else ~/.cache/lenet_j
 and reused afterwards. If there is no compiler, or LENET_JAX_NATIVE=0 is set, or the
 backend is not the CPU, `block_available` says False and LeNet runs its layers one
 by one through `lenet_jax.convolution` instead (the same function; a log line says
-why). Other shapes, activations or poolings always go that way.
+why). Other shapes, activations, poolings or dtypes always go that way.
+
+The blocks have first derivatives (what training needs) but no second ones: for
+Hessians, gradient penalties or `jax.jvp`, trace the model inside `disabled()`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -45,7 +51,7 @@ CXX_FLAGS = ("-O3", "-march=native", "-std=c++17")
 # GCC keeps to 256-bit vectors on many AVX-512 CPUs unless told otherwise; the
 # kernels' vectors are 16 floats, one 512-bit register.
 X86_FLAGS = ("-mprefer-vector-width=512",)
-ENV_SWITCH = "LENET_JAX_NATIVE"  # "0" turns the native kernels off
+ENV_SWITCH = "LENET_JAX_NATIVE"  # "0" (or false, no, off) turns the kernels off
 
 # (input shape without the batch, kernel shape, padding) -> (block number, output
 # shape without the batch, saved activations' shape without the batch)
@@ -62,7 +68,13 @@ TARGETS = {
 
 
 class NativeBuildError(RuntimeError):
-    """The kernels could not be compiled or loaded; the message says why."""
+    """The kernels could not be compiled or loaded.
+
+    args[0] says why in one line; args[1], when there, is the compiler's output.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -79,70 +91,122 @@ def compiler_flags() -> tuple[str, ...]:
 def cache_dir() -> Path:
     """Where compiled kernels are kept: $LENET_JAX_CACHE or ~/.cache/lenet_jax."""
     root = os.environ.get("LENET_JAX_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "lenet_jax"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lenet_jax"
 
 
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+def switched_off_by_env() -> bool:
+    """Whether $LENET_JAX_NATIVE asks for no native kernels (0, false, no, off)."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _compiler() -> list[str]:
+    """The compiler command: $CXX (split like a shell would), else g++ or c++."""
+    if os.environ.get("CXX", "").strip():
+        return shlex.split(os.environ["CXX"])
+    cxx = shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise NativeBuildError("no C++ compiler found (install g++ or set CXX)")
-    return cxx
+    return [cxx]
 
 
-def library_path(cxx: str) -> Path:
-    """The cached library's path, named by everything that goes into building it.
+def build_key(cxx: list[str]) -> str:
+    """A name for everything that goes into building the library.
 
-    `-march=native` makes the code specific to this CPU, so the machine is part of
-    the name, as are the source, the flags, the compiler and jaxlib's FFI version.
+    `-march=native` makes the code specific to this CPU, so its model and feature
+    flags are part of it, as are the source, the flags, the compiler and jax's
+    version (its FFI headers).
     """
     key = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
         " ".join(compiler_flags()).encode(),
-        cxx.encode(),
+        " ".join(cxx).encode(),
         jax.__version__.encode(),
         platform.machine().encode(),
-        _cpu_model().encode(),
+        _cpu_description().encode(),
     ):
         key.update(part)
-    return cache_dir() / f"conv_blocks-{key.hexdigest()[:16]}.so"
+        key.update(b"\0")
+    return key.hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def _cpu_description() -> str:
+    """The first CPU's model name and feature flags, as /proc/cpuinfo lists them."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    seen = {}
+    for line in lines:
+        name = line.split(":", 1)[0].strip()
+        if name in wanted and name not in seen:
+            seen[name] = line
+    return "\n".join(seen.values()) or platform.processor()
 
 
-def build(cxx: str | None = None) -> Path:
+def _content_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def cached_library(key: str) -> Path | None:
+    """The cached library for `key`, if a complete one is there.
+
+    A library is saved as conv_blocks-<key>-<hash of its bytes>.so, so a damaged
+    file (truncated, zeroed) is recognised before it is loaded, which could crash
+    the process, and is removed.
+    """
+    for path in sorted(cache_dir().glob(f"conv_blocks-{key}-*.so")):
+        try:
+            intact = path.stem.rsplit("-", 1)[1] == _content_hash(path)
+        except OSError:
+            continue
+        if intact:
+            return path
+        log.warning("removing %s, whose contents do not match its name", path)
+        path.unlink(missing_ok=True)
+    return None
+
+
+def build(cxx: list[str] | None = None) -> Path:
     """Compile `csrc/conv_blocks.cc` into the cache unless it is there; its path.
 
-    The library is written under a temporary name and renamed, so a build that is
-    interrupted, or two processes building at once, never leave a broken file.
+    The library is written under a temporary name and renamed once complete, so a
+    build that is interrupted, or two processes building at once, never leave a
+    broken library under the final name.
     """
     cxx = cxx or _compiler()
-    target = library_path(cxx)
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-    os.close(fd)
-    cmd = [cxx, *compiler_flags(), "-shared", "-fPIC", "-w"]
+    key = build_key(cxx)
+    found = cached_library(key)
+    if found is not None:
+        return found
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
+        os.close(fd)
+    except OSError as e:
+        raise NativeBuildError(
+            f"cannot write the kernel cache {directory} (set LENET_JAX_CACHE to "
+            f"another directory): {e}"
+        ) from None
+    cmd = [*cxx, *compiler_flags(), "-shared", "-fPIC", "-w"]
     cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
-    log.info("compiling the native LeNet kernels: %s", " ".join(cmd))
+    log.info("compiling the native LeNet kernels: %s", shlex.join(cmd))
     try:
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
-            raise NativeBuildError(f"could not run {cxx}: {e}") from None
+            raise NativeBuildError(f"could not run {shlex.join(cxx)}: {e}") from None
         if result.returncode != 0:
             raise NativeBuildError(
-                f"{cxx} failed to compile {SOURCE.name}:\n{result.stderr.strip()}"
+                f"{shlex.join(cxx)} failed to compile {SOURCE.name} (exit status "
+                f"{result.returncode})",
+                result.stderr.strip(),
             )
+        os.chmod(tmp, 0o755)  # readable by everyone who shares the cache
+        target = directory / f"conv_blocks-{key}-{_content_hash(Path(tmp))}.so"
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -150,28 +214,51 @@ def build(cxx: str | None = None) -> Path:
     return target
 
 
+def _remove_stale_temporaries(directory: Path, age_seconds: float = 3600) -> None:
+    """Delete what builds killed more than an hour ago left behind."""
+    now = time.time()
+    for tmp in directory.glob("*.so.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > age_seconds:
+                tmp.unlink()
+
+
+_load_lock = threading.Lock()
+
+
 @functools.cache
 def _load() -> str | None:
-    """Build, load and register the kernels once; None if that worked, else why not."""
-    try:
-        library = _load_library()
-    except (NativeBuildError, OSError, subprocess.SubprocessError) as e:
-        log.warning(
-            "native LeNet kernels not used (%s); the convolution blocks run as XLA "
-            "operations instead: same results, slower on the CPU",
-            e,
-        )
-        return str(e)
-    for name, symbol in TARGETS.items():
-        capsule = jax.ffi.pycapsule(getattr(library, symbol))
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    return None
+    """Build, load and register the kernels once; None if that worked, else why not.
+
+    The reason is one line; a compiler's own messages go to the log only.
+    """
+    with _load_lock:
+        try:
+            library = _load_library()
+            handlers = {name: getattr(library, sym) for name, sym in TARGETS.items()}
+        except (NativeBuildError, OSError, AttributeError) as e:
+            reason = str(e.args[0]) if e.args else repr(e)
+            details = (
+                e.args[1] if isinstance(e, NativeBuildError) and e.args[1:] else ""
+            )
+            log.warning(
+                "native LeNet kernels not used (%s); the convolution blocks run as "
+                "XLA operations instead: same results, slower on the CPU%s",
+                reason,
+                f"\n{details}" if details else "",
+            )
+            return reason
+        for name, handler in handlers.items():
+            jax.ffi.register_ffi_target(
+                name, jax.ffi.pycapsule(handler), platform="cpu"
+            )
+        return None
 
 
 def _load_library() -> ctypes.CDLL:
     """The compiled library, built if needed.
 
-    A cached copy that won't load (a damaged file) is removed and built again once.
+    A cached copy that won't load all the same is removed and built again once.
     """
     path = build()
     try:
@@ -189,8 +276,9 @@ _switched_off = False  # set inside `disabled()`
 def disabled():
     """Inside this context, models traced run their blocks as XLA operations.
 
-    For comparing the two paths (tests, the parity suite). A function jitted before
-    keeps the path it was traced with.
+    For comparing the two paths (tests, the parity suite). JAX keeps one trace per
+    function object: a function traced before (by jit, pmap, checkpoint, ...) keeps
+    the path it was traced with, so trace a new function (a fresh closure) inside.
     """
     global _switched_off
     before, _switched_off = _switched_off, True
@@ -204,23 +292,26 @@ def unavailable_reason() -> str | None:
     """Why the native kernels can't be used now, or None if they can."""
     if _switched_off:
         return "switched off by lenet_jax.native.disabled()"
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return f"{ENV_SWITCH}=0 is set"
+    if switched_off_by_env():
+        return f"{ENV_SWITCH}={os.environ[ENV_SWITCH]} is set"
     if jax.default_backend() != "cpu":
         return f"the backend is {jax.default_backend()}, not the CPU"
     return _load()
 
 
 def block_available(
-    x_shape, kernel_shape, padding, activation: str, pool: str, dtype=jnp.float32
+    x_shape, kernel_shape, padding, activation: str, pool: str, dtypes=()
 ) -> bool:
-    """Whether `conv_block` serves this layer configuration in this process."""
+    """Whether `conv_block` serves this layer configuration in this process.
+
+    `dtypes` are those of the input, kernel and bias: all must be float32.
+    """
     key = (tuple(x_shape[1:]), tuple(kernel_shape), _padding(padding))
     return (
         key in BLOCKS
         and activation in ACTIVATIONS
         and pool == "avg"
-        and jnp.dtype(dtype) == jnp.float32
+        and all(jnp.dtype(d) == jnp.float32 for d in dtypes)
         and unavailable_reason() is None
     )
 
@@ -280,6 +371,33 @@ def conv_block(x, kernel, bias, padding, activation: str = "sigmoid") -> jax.Arr
     return _block(BLOCKS[key][0], activation, x, kernel, bias)
 
 
+SECOND_ORDER = (
+    "lenet_jax's native conv blocks have first derivatives only (the gradients "
+    "training needs); for higher-order or forward-mode derivatives, trace the "
+    "model inside `lenet_jax.native.disabled()` or set LENET_JAX_NATIVE=0"
+)
+
+
+def _ffi(target: str, shapes, **attributes):
+    """`jax.ffi.ffi_call(target)` with attributes bound, as a function of arrays.
+
+    The kernels have no derivatives of their own (the block's first derivative is
+    `_block_bwd`, itself a kernel); differentiating a call raises SECOND_ORDER
+    instead of JAX's generic message.
+    """
+    call = jax.ffi.ffi_call(target, shapes, vmap_method="sequential")
+
+    @jax.custom_jvp
+    def kernel_call(*args):
+        return call(*args, **attributes)
+
+    @kernel_call.defjvp
+    def _refuse(primals, tangents):
+        raise NotImplementedError(SECOND_ORDER)
+
+    return kernel_call
+
+
 def _forward_call(number: int, activation: str, x, kernel, bias, save: bool):
     _, out_shape, acts_shape = BLOCKS[_key_of(number)]
     n = x.shape[0]
@@ -287,12 +405,9 @@ def _forward_call(number: int, activation: str, x, kernel, bias, save: bool):
         jax.ShapeDtypeStruct((n, *out_shape), jnp.float32),
         jax.ShapeDtypeStruct((n, *acts_shape) if save else (0,), jnp.float32),
     )
-    call = jax.ffi.ffi_call(
-        f"lenet_block{number}_forward", shapes, vmap_method="sequential"
-    )
-    return call(
-        x, kernel, bias, activation=np.int32(ACTIVATIONS[activation]), save=save
-    )
+    act = np.int32(ACTIVATIONS[activation])
+    call = _ffi(f"lenet_block{number}_forward", shapes, activation=act, save=save)
+    return call(x, kernel, bias)
 
 
 def _key_of(number: int):
@@ -318,10 +433,8 @@ def _block_bwd(number: int, activation: str, residuals, g):
             jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
             jax.ShapeDtypeStruct(kernel.shape[-1:], jnp.float32),
         )
-        call = jax.ffi.ffi_call(
-            "lenet_block1_backward", shapes, vmap_method="sequential"
-        )
-        d_kernel, d_bias = call(x, acts, g, activation=act)
+        call = _ffi("lenet_block1_backward", shapes, activation=act)
+        d_kernel, d_bias = call(x, acts, g)
         # The images' gradient: only wanted when differentiating with respect to the
         # input, so it is left to XLA, which drops it when nothing uses it.
         d_x = _block1_input_grad(x, kernel, acts, g, activation)
@@ -331,8 +444,8 @@ def _block_bwd(number: int, activation: str, residuals, g):
         jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
         jax.ShapeDtypeStruct(kernel.shape[-1:], jnp.float32),
     )
-    call = jax.ffi.ffi_call("lenet_block2_backward", shapes, vmap_method="sequential")
-    return call(x, kernel, acts, g, activation=act)
+    call = _ffi("lenet_block2_backward", shapes, activation=act)
+    return call(x, kernel, acts, g)
 
 
 def _block1_input_grad(x, kernel, acts, g, activation: str) -> jax.Array:

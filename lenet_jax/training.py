@@ -332,9 +332,17 @@ class Trainer:
             )
         return a.reshape(a.shape[0], d, a.shape[1] // d)
 
-    def _new_totals(self) -> np.ndarray:
+    def _new_totals(self):
+        """Fresh totals where the steps expect them.
+
+        With one device they are placed on it: the chunk is compiled for committed
+        device arrays, which is what each call returns, and a host array in the
+        first call would compile it a second time, inside the first timed epoch.
+        """
         totals = new_totals()
-        return np.tile(totals, (len(self.devices), 1)) if self.parallel else totals
+        if self.parallel:
+            return np.tile(totals, (len(self.devices), 1))
+        return jax.device_put(totals, self.devices[0])
 
     def train_epoch(self, images, labels, order, batch_size, progress=None):
         """One pass over `images[order]` in batches of `batch_size`.
