@@ -234,12 +234,15 @@ def describe_devices(devices) -> str:
     return f"{len(devices)} x {devices[0].platform} ({kind}), pmap data parallel"
 
 
-def prepare_output_dir(args) -> Path:
-    """The run's directory; an existing one only with --overwrite or --resume."""
+def prepare_output_dir(args) -> tuple[Path, bool]:
+    """The run's directory, and whether this run created it.
+
+    An existing one is used only with --overwrite or --resume.
+    """
     if args.resume is not None:
         if not (args.resume / CHECKPOINT).is_file():
             raise UsageError(f"--resume {args.resume}: no {CHECKPOINT} in it")
-        return args.resume
+        return args.resume, False
     out = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {out}: exists and is not a directory")
@@ -248,8 +251,18 @@ def prepare_output_dir(args) -> Path:
             f"--output-dir {out} already holds a run; pass --overwrite to replace it "
             f"or --resume {out} to continue it"
         )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out, created
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Leave no empty directory behind a run that failed before saving anything."""
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def load_data(data_dir: Path | None):
@@ -550,7 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.predict is not None:
             return predict(args)
         check_options(args, config)
-        return train(args, config, prepare_output_dir(args))
+        out, created = prepare_output_dir(args)
+        try:
+            return train(args, config, out)
+        finally:
+            if created:
+                _remove_if_empty(out)
     except (UsageError, DataError, CheckpointError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -115,6 +115,8 @@ def pool2d(X: jax.Array, pool_size: IntOrPair, mode: str = "max") -> jax.Array:
     if p_h < 1 or p_w < 1:
         raise ValueError(f"pool2d: pool_size must be positive, got {(p_h, p_w)}")
     H, W = X.shape
+    if H == 0 or W == 0:
+        raise ValueError(f"pool2d: X of shape {(H, W)} is empty, nothing to pool")
     if p_h > H or p_w > W:
         raise ValueError(
             f"pool2d: pool_size {(p_h, p_w)} is larger than X of shape {(H, W)}"

@@ -33,8 +33,12 @@ def test_bad_options_give_one_line_and_exit_2(args, message, subprocess_env, tmp
 
 def test_data_dir_without_the_files(subprocess_env, tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
-    done = run_train(["--data-dir", str(tmp_path)], subprocess_env)
+    out = tmp_path / "new-run"
+    done = run_train(
+        ["--data-dir", str(tmp_path), "--output-dir", str(out)], subprocess_env
+    )
     assert done.returncode == 2
+    assert not out.exists(), "the failed run left its empty output directory"
     assert done.stderr.strip().endswith(
         "missing Fashion-MNIST file(s) train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"

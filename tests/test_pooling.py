@@ -181,6 +181,7 @@ def test_pool2d_jit_matches_eager():
         (jnp.ones((1, 3, 3)), 2, "max", "X"),
         (jnp.ones(3), 2, "max", "X"),
         (X33, 2, "min", "mode"),
+        (jnp.ones((0, 3)), 2, "max", r"X of shape \(0, 3\) is empty"),
     ],
 )
 def test_pool2d_rejects_bad_arguments(X, pool_size, mode, fragment):
