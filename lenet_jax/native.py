@@ -19,7 +19,9 @@ by one through `lenet_jax.convolution` instead (the same function; a log line sa
 why). Other shapes, activations, poolings or dtypes always go that way.
 
 The blocks have first derivatives (what training needs) but no second ones: for
-Hessians, gradient penalties or `jax.jvp`, trace the model inside `disabled()`.
+Hessians or gradient penalties, trace the model inside `disabled()`. Forward mode
+(`jax.jvp`, `jax.jacfwd`) works on neither path: the CPU convolutions of
+`lenet_jax.convolution` are `custom_vjp` functions too.
 """
 
 from __future__ import annotations
@@ -102,7 +104,12 @@ def switched_off_by_env() -> bool:
 def _compiler() -> list[str]:
     """The compiler command: $CXX (split like a shell would), else g++ or c++."""
     if os.environ.get("CXX", "").strip():
-        return shlex.split(os.environ["CXX"])
+        try:
+            return shlex.split(os.environ["CXX"])
+        except ValueError as e:
+            raise NativeBuildError(
+                f"CXX={os.environ['CXX']!r} is not a command: {e}"
+            ) from None
     cxx = shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise NativeBuildError("no C++ compiler found (install g++ or set CXX)")
@@ -163,8 +170,11 @@ def cached_library(key: str) -> Path | None:
             continue
         if intact:
             return path
-        log.warning("removing %s, whose contents do not match its name", path)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()
+            log.warning("removed %s, whose contents did not match its name", path)
+        except OSError as e:
+            log.warning("cannot remove %s, which is damaged: %s", path, e)
     return None
 
 
@@ -177,13 +187,14 @@ def build(cxx: list[str] | None = None) -> Path:
     """
     cxx = cxx or _compiler()
     key = build_key(cxx)
+    if cache_dir().is_dir():
+        _remove_stale_temporaries(cache_dir())
     found = cached_library(key)
     if found is not None:
         return found
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(directory)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
         os.close(fd)
     except OSError as e:
@@ -207,7 +218,12 @@ def build(cxx: list[str] | None = None) -> Path:
             )
         os.chmod(tmp, 0o755)  # readable by everyone who shares the cache
         target = directory / f"conv_blocks-{key}-{_content_hash(Path(tmp))}.so"
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            raise NativeBuildError(
+                f"cannot save the library as {target}: {e}"
+            ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -226,33 +242,33 @@ def _remove_stale_temporaries(directory: Path, age_seconds: float = 3600) -> Non
 _load_lock = threading.Lock()
 
 
-@functools.cache
 def _load() -> str | None:
     """Build, load and register the kernels once; None if that worked, else why not.
 
     The reason is one line; a compiler's own messages go to the log only.
     """
-    with _load_lock:
-        try:
-            library = _load_library()
-            handlers = {name: getattr(library, sym) for name, sym in TARGETS.items()}
-        except (NativeBuildError, OSError, AttributeError) as e:
-            reason = str(e.args[0]) if e.args else repr(e)
-            details = (
-                e.args[1] if isinstance(e, NativeBuildError) and e.args[1:] else ""
-            )
-            log.warning(
-                "native LeNet kernels not used (%s); the convolution blocks run as "
-                "XLA operations instead: same results, slower on the CPU%s",
-                reason,
-                f"\n{details}" if details else "",
-            )
-            return reason
-        for name, handler in handlers.items():
-            jax.ffi.register_ffi_target(
-                name, jax.ffi.pycapsule(handler), platform="cpu"
-            )
-        return None
+    with _load_lock:  # threads making the first call at once wait for one build
+        return _load_once()
+
+
+@functools.cache
+def _load_once() -> str | None:
+    try:
+        library = _load_library()
+        handlers = {name: getattr(library, sym) for name, sym in TARGETS.items()}
+    except (NativeBuildError, OSError, AttributeError) as e:
+        reason = str(e)
+        details = e.args[1] if isinstance(e, NativeBuildError) and e.args[1:] else ""
+        log.warning(
+            "native LeNet kernels not used (%s); the convolution blocks run as "
+            "XLA operations instead: same results, slower on the CPU%s",
+            reason,
+            f"\n{details}" if details else "",
+        )
+        return reason
+    for name, handler in handlers.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="cpu")
+    return None
 
 
 def _load_library() -> ctypes.CDLL:
@@ -373,8 +389,8 @@ def conv_block(x, kernel, bias, padding, activation: str = "sigmoid") -> jax.Arr
 
 SECOND_ORDER = (
     "lenet_jax's native conv blocks have first derivatives only (the gradients "
-    "training needs); for higher-order or forward-mode derivatives, trace the "
-    "model inside `lenet_jax.native.disabled()` or set LENET_JAX_NATIVE=0"
+    "training needs); for second derivatives (Hessians, gradient penalties), trace "
+    "the model inside `lenet_jax.native.disabled()` or set LENET_JAX_NATIVE=0"
 )
 
 

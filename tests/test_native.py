@@ -261,7 +261,7 @@ def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path, damage):
     result = _run_model(env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["None", "(3,", "10)"]
-    assert "do not match its name" in result.stderr
+    assert "did not match its name" in result.stderr
 
 
 def test_a_library_without_the_kernels_is_refused_cleanly(tmp_path):
@@ -278,6 +278,12 @@ def test_a_library_without_the_kernels_is_refused_cleanly(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "undefined symbol: LenetBlock1Forward" in result.stdout
     assert result.stdout.split()[-2:] == ["(3,", "10)"]
+
+
+def test_a_cxx_that_is_not_a_command_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CXX", "g++ '-g0")
+    with pytest.raises(native.NativeBuildError, match="is not a command"):
+        native.build()
 
 
 def test_cache_is_shareable_and_cxx_may_carry_flags(tmp_path, monkeypatch):
