@@ -97,8 +97,26 @@ def cache_dir() -> Path:
 
 
 def switched_off_by_env() -> bool:
-    """Whether $LENET_JAX_NATIVE asks for no native kernels (0, false, no, off)."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+    """Whether $LENET_JAX_NATIVE asks for no native kernels (0, false, no, off).
+
+    1, true, yes, on or nothing keep them; anything else keeps them with a warning.
+    """
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return True
+    if value not in ("", "1", "true", "yes", "on"):
+        _warn_unknown_switch(os.environ[ENV_SWITCH])
+    return False
+
+
+@functools.cache
+def _warn_unknown_switch(value: str) -> None:
+    log.warning(
+        "%s=%r not understood (0/false/no/off turn the native kernels off); "
+        "they stay on",
+        ENV_SWITCH,
+        value,
+    )
 
 
 def _compiler() -> list[str]:

@@ -313,6 +313,13 @@ def test_the_environment_switch(monkeypatch, value):
     assert native.unavailable_reason() is None
 
 
+def test_an_unknown_switch_value_keeps_the_kernels_and_says_so(monkeypatch, caplog):
+    monkeypatch.setenv(native.ENV_SWITCH, "disable")
+    with caplog.at_level(logging.WARNING, logger="lenet_jax.native"):
+        assert native.unavailable_reason() is None
+    assert "LENET_JAX_NATIVE='disable' not understood" in caplog.text
+
+
 def test_second_derivatives_name_the_way_out():
     model = LeNet(rngs=nnx.Rngs(0))
     x = jnp.full((1, 28, 28, 1), 0.5)
