@@ -33,6 +33,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -121,13 +122,34 @@ void parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, const Body& body) {
 
 int64_t num_chunks(int64_t n) { return (n + kImagesPerChunk - 1) / kImagesPerChunk; }
 
-// Adds the per-chunk partial sums (chunks, size) into out (size), in chunk order.
-void sum_chunks(const std::vector<float>& partial, int64_t chunks, int64_t size,
-                float* out) {
-  std::fill(out, out + size, 0.0f);
-  for (int64_t c = 0; c < chunks; ++c) {
-    const float* p = partial.data() + c * size;
-    for (int64_t k = 0; k < size; ++k) out[k] += p[k];
+// Calls per_image(b, chunk) for every image b < n, chunk by chunk on the pool.
+template <typename PerImage>
+void for_each_image(ffi::ThreadPool& pool, int64_t n, const PerImage& per_image) {
+  parallel_chunks(pool, num_chunks(n), [&](int64_t chunk) {
+    const int64_t end = std::min(n, (chunk + 1) * kImagesPerChunk);
+    for (int64_t b = chunk * kImagesPerChunk; b < end; ++b) per_image(b, chunk);
+  });
+}
+
+// Sums over the batch, deterministically: per_image(b, d_kernel, d_bias) adds
+// image b's gradients into its chunk's own zeroed sums, and the chunks' sums are
+// then added in chunk order into d_kernel (kernel_size) and d_bias (bias_size).
+template <typename PerImage>
+void sum_over_images(ffi::ThreadPool& pool, int64_t n, int64_t kernel_size,
+                     int64_t bias_size, float* d_kernel, float* d_bias,
+                     const PerImage& per_image) {
+  const int64_t size = kernel_size + bias_size;
+  std::vector<float> partial(num_chunks(n) * size, 0.0f);
+  for_each_image(pool, n, [&](int64_t b, int64_t chunk) {
+    float* sums = partial.data() + chunk * size;
+    per_image(b, sums, sums + kernel_size);
+  });
+  std::fill(d_kernel, d_kernel + kernel_size, 0.0f);
+  std::fill(d_bias, d_bias + bias_size, 0.0f);
+  for (int64_t c = 0; c < num_chunks(n); ++c) {
+    const float* sums = partial.data() + c * size;
+    for (int64_t k = 0; k < kernel_size; ++k) d_kernel[k] += sums[k];
+    for (int64_t k = 0; k < bias_size; ++k) d_bias[k] += sums[kernel_size + k];
   }
 }
 
@@ -160,26 +182,29 @@ inline void activate_all(float* z, int n) {
   for (int k = 0; k < n; ++k) z[k] = activate<kAct>(z[k]);
 }
 
+// Each block is a struct of static members: a namespace that the handlers below
+// can take as a template parameter.
+//
 // ---------------------------------------------------------------------------------
 // Block 1: (N, 28, 28, 1), pad 2, kernel (5, 5, 1, 6) -> (N, 14, 14, 6)
 // Within an image the 28 columns of a row are the vectorised axis (two vectors of
 // 16, the last 4 lanes unused); the saved activations are (N, 6, 28, 28).
 // ---------------------------------------------------------------------------------
 
-namespace b1 {
-constexpr int H = 28, P = 2, HP = H + 2 * P, C = 6, HO = H / 2;
-constexpr int L = 32;       // lanes per row: 28 used
-constexpr int XW = L + 16;  // padded row length, so that [j, j + 32) is in bounds
-constexpr int64_t kImage = H * H, kActs = C * H * H, kOut = HO * HO * C;
+struct Block1 {
+static constexpr int H = 28, P = 2, HP = H + 2 * P, C = 6, HO = H / 2;
+static constexpr int L = 32;       // lanes per row: 28 used
+static constexpr int XW = L + 16;  // padded rows: [j, j + 32) is in bounds
+static constexpr int64_t kImage = H * H, kActs = C * H * H, kOut = HO * HO * C;
 
 // The image zero-padded to (32, XW), columns shifted by the padding.
-inline void pad_image(const float* x, float (&xp)[HP][XW]) {
+static void pad_image(const float* x, float (&xp)[HP][XW]) {
   std::memset(xp, 0, sizeof xp);
   for (int h = 0; h < H; ++h) std::memcpy(&xp[h + P][P], x + h * H, H * sizeof(float));
 }
 
 template <int kAct>
-void forward_image(const float* x, const float* kernel, const float* bias,
+static void forward_image(const float* x, const float* kernel, const float* bias,
                    float* acts, float* out) {
   float xp[HP][XW];
   pad_image(x, xp);
@@ -222,7 +247,7 @@ void forward_image(const float* x, const float* kernel, const float* bias,
 // Adds this image's kernel gradient (5, 5, 6 as [i][j][o]) and bias gradient (6)
 // to d_kernel and d_bias.
 template <int kAct>
-void backward_image(const float* x, const float* acts, const float* g,
+static void backward_image(const float* x, const float* acts, const float* g,
                     float* d_kernel, float* d_bias) {
   float xp[HP][XW];
   pad_image(x, xp);
@@ -257,23 +282,23 @@ void backward_image(const float* x, const float* acts, const float* g,
     }
   }
 }
-}  // namespace b1
+};
 
 // ---------------------------------------------------------------------------------
 // Block 2: (N, 14, 14, 6), no padding, kernel (5, 5, 6, 16) -> (N, 5, 5, 16)
 // The 16 output channels are one vector; the saved activations are (N, 10, 10, 16).
 // ---------------------------------------------------------------------------------
 
-namespace b2 {
-constexpr int H = 14, C = 6, O = 16, HZ = H - kK + 1, HO = HZ / 2;
-constexpr int kTaps = kK * kK * C;  // 150 rows of the (150, 16) kernel matrix
-constexpr int kRow = kK * C;        // 30 floats: one kernel row (j, c)
-constexpr int kRowL = 32;           // ... padded to two vectors
-constexpr int XW = H * C + 8;       // a padded input-gradient row
-constexpr int64_t kImage = H * H * C, kActs = HZ * HZ * O, kOut = HO * HO * O;
+struct Block2 {
+static constexpr int H = 14, C = 6, O = 16, HZ = H - kK + 1, HO = HZ / 2;
+static constexpr int kTaps = kK * kK * C;  // 150 rows of the (150, 16) kernel matrix
+static constexpr int kRow = kK * C;        // 30 floats: one kernel row (j, c)
+static constexpr int kRowL = 32;           // ... padded to two vectors
+static constexpr int XW = H * C + 8;       // a padded input-gradient row
+static constexpr int64_t kImage = H * H * C, kActs = HZ * HZ * O, kOut = HO * HO * O;
 
 template <int kAct>
-void forward_image(const float* x, const float* kernel, const float* bias,
+static void forward_image(const float* x, const float* kernel, const float* bias,
                    float* acts, float* out) {
   float a[HZ][HZ][O];
   const v16 b = load(bias);
@@ -306,7 +331,7 @@ void forward_image(const float* x, const float* kernel, const float* bias,
 // bias gradients to d_kernel (150, 16) and d_bias (16). kernel_t is the kernel
 // as (16, 5, 32): [o][i][(j, c)], the last 2 of each 32 zero.
 template <int kAct>
-void backward_image(const float* x, const float* kernel_t, const float* acts,
+static void backward_image(const float* x, const float* kernel_t, const float* acts,
                     const float* g, float* d_x, float* d_kernel, float* d_bias) {
   float dz[HZ][HZ][O];
   v16 db = {};
@@ -357,95 +382,59 @@ void backward_image(const float* x, const float* kernel_t, const float* acts,
       }
     }
   }
-  for (int h = 0; h < H; ++h) std::memcpy(d_x + h * H * C, dx[h], H * C * sizeof(float));
+  for (int h = 0; h < H; ++h)
+    std::memcpy(d_x + h * H * C, dx[h], H * C * sizeof(float));
 }
-}  // namespace b2
+};
 
 // ---------------------------------------------------------------------------------
 // FFI handlers
 // ---------------------------------------------------------------------------------
 
-ffi::Error check_activation(int32_t act) {
-  if (act != kSigmoid && act != kRelu)
+// Calls f(std::integral_constant<int, kAct>) for the activation code `act`, so
+// that the per-image functions are compiled once for each activation.
+template <typename F>
+ffi::Error with_activation(int32_t act, const F& f) {
+  if (act == kSigmoid) {
+    f(std::integral_constant<int, kSigmoid>{});
+  } else if (act == kRelu) {
+    f(std::integral_constant<int, kRelu>{});
+  } else {
     return ffi::Error::InvalidArgument("activation must be 0 (sigmoid) or 1 (relu)");
+  }
   return ffi::Error::Success();
 }
 
-template <typename Forward>
-void run_forward(ffi::ThreadPool& pool, int64_t n, int64_t image_size,
-                 int64_t acts_size, int64_t out_size, const float* x, float* acts,
-                 float* out, const Forward& forward) {
-  parallel_chunks(pool, num_chunks(n), [&](int64_t chunk) {
-    const int64_t end = std::min(n, (chunk + 1) * kImagesPerChunk);
-    for (int64_t b = chunk * kImagesPerChunk; b < end; ++b) {
-      forward(x + b * image_size, acts == nullptr ? nullptr : acts + b * acts_size,
-              out + b * out_size);
-    }
+// Either block's forward pass: out (N, ...) and, with `save`, the activations.
+template <typename Block>
+ffi::Error BlockForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                        ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                        ffi::ResultBuffer<ffi::F32> out,
+                        ffi::ResultBuffer<ffi::F32> acts, int32_t act, bool save) {
+  return with_activation(act, [&](auto a) {
+    for_each_image(pool, x.dimensions()[0], [&](int64_t b, int64_t) {
+      Block::template forward_image<decltype(a)::value>(
+          x.typed_data() + b * Block::kImage, kernel.typed_data(), bias.typed_data(),
+          save ? acts->typed_data() + b * Block::kActs : nullptr,
+          out->typed_data() + b * Block::kOut);
+    });
   });
-}
-
-ffi::Error Block1Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                         ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
-                         ffi::ResultBuffer<ffi::F32> out,
-                         ffi::ResultBuffer<ffi::F32> acts, int32_t act, bool save) {
-  if (auto e = check_activation(act); e.failure()) return e;
-  const int64_t n = x.dimensions()[0];
-  const float* k = kernel.typed_data();
-  const float* b = bias.typed_data();
-  float* saved = save ? acts->typed_data() : nullptr;
-  auto forward = [&](const float* xi, float* ai, float* oi) {
-    if (act == kSigmoid) b1::forward_image<kSigmoid>(xi, k, b, ai, oi);
-    else b1::forward_image<kRelu>(xi, k, b, ai, oi);
-  };
-  run_forward(pool, n, b1::kImage, b1::kActs, b1::kOut, x.typed_data(), saved,
-              out->typed_data(), forward);
-  return ffi::Error::Success();
 }
 
 ffi::Error Block1Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> g,
                           ffi::ResultBuffer<ffi::F32> d_kernel,
                           ffi::ResultBuffer<ffi::F32> d_bias, int32_t act) {
-  if (auto e = check_activation(act); e.failure()) return e;
-  const int64_t n = x.dimensions()[0];
-  const int64_t chunks = num_chunks(n);
-  constexpr int64_t kSums = kK * kK * b1::C + b1::C;  // kernel, then bias
-  std::vector<float> partial(chunks * kSums, 0.0f);
-  parallel_chunks(pool, chunks, [&](int64_t chunk) {
-    float* dk = partial.data() + chunk * kSums;
-    float* db = dk + kK * kK * b1::C;
-    const int64_t end = std::min(n, (chunk + 1) * kImagesPerChunk);
-    for (int64_t b = chunk * kImagesPerChunk; b < end; ++b) {
-      const float* xi = x.typed_data() + b * b1::kImage;
-      const float* ai = acts.typed_data() + b * b1::kActs;
-      const float* gi = g.typed_data() + b * b1::kOut;
-      if (act == kSigmoid) b1::backward_image<kSigmoid>(xi, ai, gi, dk, db);
-      else b1::backward_image<kRelu>(xi, ai, gi, dk, db);
-    }
+  using B = Block1;
+  return with_activation(act, [&](auto a) {
+    sum_over_images(
+        pool, x.dimensions()[0], kK * kK * B::C, B::C, d_kernel->typed_data(),
+        d_bias->typed_data(), [&](int64_t b, float* dk, float* db) {
+          B::backward_image<decltype(a)::value>(x.typed_data() + b * B::kImage,
+                                                acts.typed_data() + b * B::kActs,
+                                                g.typed_data() + b * B::kOut, dk, db);
+        });
   });
-  float sums[kSums];
-  sum_chunks(partial, chunks, kSums, sums);
-  std::memcpy(d_kernel->typed_data(), sums, kK * kK * b1::C * sizeof(float));
-  std::memcpy(d_bias->typed_data(), sums + kK * kK * b1::C, b1::C * sizeof(float));
-  return ffi::Error::Success();
-}
-
-ffi::Error Block2Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                         ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
-                         ffi::ResultBuffer<ffi::F32> out,
-                         ffi::ResultBuffer<ffi::F32> acts, int32_t act, bool save) {
-  if (auto e = check_activation(act); e.failure()) return e;
-  const int64_t n = x.dimensions()[0];
-  const float* k = kernel.typed_data();
-  const float* b = bias.typed_data();
-  float* saved = save ? acts->typed_data() : nullptr;
-  auto forward = [&](const float* xi, float* ai, float* oi) {
-    if (act == kSigmoid) b2::forward_image<kSigmoid>(xi, k, b, ai, oi);
-    else b2::forward_image<kRelu>(xi, k, b, ai, oi);
-  };
-  run_forward(pool, n, b2::kImage, b2::kActs, b2::kOut, x.typed_data(), saved,
-              out->typed_data(), forward);
-  return ffi::Error::Success();
 }
 
 ffi::Error Block2Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -453,52 +442,42 @@ ffi::Error Block2Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_x,
                           ffi::ResultBuffer<ffi::F32> d_kernel,
                           ffi::ResultBuffer<ffi::F32> d_bias, int32_t act) {
-  if (auto e = check_activation(act); e.failure()) return e;
-  const int64_t n = x.dimensions()[0];
-  const int64_t chunks = num_chunks(n);
-  float kernel_t[b2::O * kK * b2::kRowL] = {};
-  for (int o = 0; o < b2::O; ++o)
+  using B = Block2;
+  float kernel_t[B::O * kK * B::kRowL] = {};
+  for (int o = 0; o < B::O; ++o)
     for (int i = 0; i < kK; ++i)
-      for (int q = 0; q < b2::kRow; ++q)
-        kernel_t[(o * kK + i) * b2::kRowL + q] =
-            kernel.typed_data()[(i * b2::kRow + q) * b2::O + o];
-  constexpr int64_t kSums = b2::kTaps * b2::O + b2::O;  // kernel, then bias
-  std::vector<float> partial(chunks * kSums, 0.0f);
-  parallel_chunks(pool, chunks, [&](int64_t chunk) {
-    float* dk = partial.data() + chunk * kSums;
-    float* db = dk + b2::kTaps * b2::O;
-    const int64_t end = std::min(n, (chunk + 1) * kImagesPerChunk);
-    for (int64_t b = chunk * kImagesPerChunk; b < end; ++b) {
-      const float* xi = x.typed_data() + b * b2::kImage;
-      const float* ai = acts.typed_data() + b * b2::kActs;
-      const float* gi = g.typed_data() + b * b2::kOut;
-      float* dxi = d_x->typed_data() + b * b2::kImage;
-      if (act == kSigmoid)
-        b2::backward_image<kSigmoid>(xi, kernel_t, ai, gi, dxi, dk, db);
-      else
-        b2::backward_image<kRelu>(xi, kernel_t, ai, gi, dxi, dk, db);
-    }
+      for (int q = 0; q < B::kRow; ++q)
+        kernel_t[(o * kK + i) * B::kRowL + q] =
+            kernel.typed_data()[(i * B::kRow + q) * B::O + o];
+  return with_activation(act, [&](auto a) {
+    sum_over_images(
+        pool, x.dimensions()[0], B::kTaps * B::O, B::O, d_kernel->typed_data(),
+        d_bias->typed_data(), [&](int64_t b, float* dk, float* db) {
+          B::backward_image<decltype(a)::value>(
+              x.typed_data() + b * B::kImage, kernel_t,
+              acts.typed_data() + b * B::kActs, g.typed_data() + b * B::kOut,
+              d_x->typed_data() + b * B::kImage, dk, db);
+        });
   });
-  std::vector<float> sums(kSums);
-  sum_chunks(partial, chunks, kSums, sums.data());
-  std::memcpy(d_kernel->typed_data(), sums.data(), b2::kTaps * b2::O * sizeof(float));
-  std::memcpy(d_bias->typed_data(), sums.data() + b2::kTaps * b2::O,
-              b2::O * sizeof(float));
-  return ffi::Error::Success();
+}
+
+// The forward passes' signature: x, kernel, bias -> out, activations.
+auto forward_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int32_t>("activation")
+      .Attr<bool>("save");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock1Forward, Block1Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("save"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock1Forward, BlockForward<Block1>,
+                              forward_binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock1Backward, Block1Backward,
                               ffi::Ffi::Bind()
@@ -510,16 +489,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock1Backward, Block1Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("activation"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock2Forward, Block2Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("save"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock2Forward, BlockForward<Block2>,
+                              forward_binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetBlock2Backward, Block2Backward,
                               ffi::Ffi::Bind()
